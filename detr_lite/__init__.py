@@ -1,0 +1,20 @@
+"""DeTR-Lite: DETR object detection packaged for the Hugging Face hub.
+
+Importing the package registers the config, model and image processor with the Auto classes.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+
+from .configuration_detr_lite import DeTRLiteConfig
+from .modeling_detr_lite import DeTRLiteForObjectDetection, DeTRLiteModel, DeTRLitePreTrainedModel
+
+AutoConfig.register(DeTRLiteConfig.model_type, DeTRLiteConfig, exist_ok=True)
+AutoModel.register(DeTRLiteConfig, DeTRLiteModel, exist_ok=True)
+AutoModelForObjectDetection.register(DeTRLiteConfig, DeTRLiteForObjectDetection, exist_ok=True)
+
+__all__ = [
+    "DeTRLiteConfig",
+    "DeTRLiteForObjectDetection",
+    "DeTRLiteModel",
+    "DeTRLitePreTrainedModel",
+]

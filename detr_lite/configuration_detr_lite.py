@@ -1,0 +1,105 @@
+"""DeTR-Lite configuration: every architecture choice, the matcher costs and the loss weights.
+
+A saved config therefore reproduces both the network and the training objective it was trained with.
+"""
+
+from transformers import PreTrainedConfig
+
+_ACTIVATIONS = ("relu", "gelu", "silu")
+
+
+class DeTRLiteConfig(PreTrainedConfig):
+    """Configuration of a DeTR-Lite detector (DETR at a fixed square input size).
+
+    Every field is a keyword argument; invalid combinations raise `ValueError` when the config is
+    built, whether from Python or from a `config.json`.
+    """
+
+    model_type = "detr_lite"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    # Backbone
+    backbone: str = "resnet50"  # any timm model that supports features_only
+    use_pretrained_backbone: bool = False  # ImageNet weights for a fresh model; a checkpoint carries its own
+    backbone_weights_file: str | None = None  # local timm weights; else the local Hub cache is tried
+    freeze_batch_norm: bool = True  # DETR trains with batch size ~2/GPU: BN statistics would be noise
+    trainable_backbone_layers: int = 3  # last k feature stages train; DETR trains ResNet layer2-4 only
+    dilation: bool = False  # DC5: dilate the last stage (stride 16) for small objects, 4x encoder cost
+    # Transformer
+    d_model: int = 256
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 8
+    decoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "relu"
+    pre_norm: bool = False  # DETR is post-norm; pre-norm trains more stably with deep stacks
+    num_queries: int = 100  # maximum detections per image
+    auxiliary_loss: bool = True  # loss on every decoder layer: DETR converges much slower without it
+    init_std: float = 0.02
+    init_xavier_std: float = 1.0
+    # Hungarian matcher costs
+    class_cost: float = 1.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    # Loss weights (cross-entropy has weight 1)
+    bbox_loss_coefficient: float = 5.0
+    giou_loss_coefficient: float = 2.0
+    eos_coefficient: float = 0.1  # weight of the no-object class: ~90 of 100 queries are empty
+    # Input
+    image_size: int = 640  # the square canvas every image is letterboxed into
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.label2id is None:
+            self.label2id = {name: index for index, name in self.id2label.items()}
+        self._validate()
+
+    def _validate(self) -> None:
+        import timm
+
+        def fail(field: str, message: str) -> None:
+            raise ValueError(f"DeTRLiteConfig.{field}: {message}")
+
+        if not timm.is_model(self.backbone):
+            fail("backbone", f"{self.backbone!r} is not a timm model name (see timm.list_models()).")
+        for field in ("d_model", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries", "image_size"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                fail(field, f"must be a positive integer, got {getattr(self, field)!r}.")
+        for field in ("encoder_layers", "decoder_layers", "trainable_backbone_layers"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 0:
+                fail(field, f"must be a non-negative integer, got {getattr(self, field)!r}.")
+        if self.decoder_layers < 1:
+            fail("decoder_layers", "at least one decoder layer is needed to produce predictions.")
+        for field in ("encoder_attention_heads", "decoder_attention_heads"):
+            heads = getattr(self, field)
+            if not isinstance(heads, int) or heads < 1 or self.d_model % heads:
+                fail(field, f"d_model ({self.d_model}) must be divisible by the number of heads ({heads}).")
+        if self.d_model % 4:
+            fail("d_model", f"must be divisible by 4 for the 2-D sine position embedding, got {self.d_model}.")
+        for field in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                fail(field, f"must be in [0, 1), got {getattr(self, field)!r}.")
+        if self.activation_function not in _ACTIVATIONS:
+            fail("activation_function", f"must be one of {_ACTIVATIONS}, got {self.activation_function!r}.")
+        for field in (
+            "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient", "giou_loss_coefficient",
+            "eos_coefficient",
+        ):
+            if getattr(self, field) < 0:
+                fail(field, f"must be non-negative, got {getattr(self, field)!r}.")
+        if self.class_cost == self.bbox_cost == self.giou_cost == 0:
+            fail("class_cost", "all matcher costs are 0: the Hungarian matching would be arbitrary.")
+        if self.image_size % 32:
+            fail("image_size", f"must be a multiple of 32 (the backbone stride), got {self.image_size}.")
+        if self.num_labels < 1:
+            fail("num_labels", "at least one object class is needed.")
