@@ -18,3 +18,8 @@ __all__ = [
     "DeTRLiteModel",
     "DeTRLitePreTrainedModel",
 ]
+
+# save_pretrained then writes `auto_map` and copies the code, so a saved folder loads with trust_remote_code.
+DeTRLiteConfig.register_for_auto_class()
+DeTRLiteModel.register_for_auto_class("AutoModel")
+DeTRLiteForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")

@@ -1,0 +1,504 @@
+"""DeTR-Lite model: timm backbone -> transformer encoder/decoder -> set prediction heads.
+
+The tensor math follows DETR (Carion et al., "End-to-End Object Detection with Transformers", 2020):
+post-norm layers, sine position embedding added to queries and keys at every attention layer,
+learned object queries, and class/box heads shared by every decoder layer.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_detr_lite import DeTRLiteConfig
+from .loss_detr_lite import DeTRLiteLoss
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+@dataclass
+class DeTRLiteModelOutput(ModelOutput):
+    """Output of `DeTRLiteModel`.
+
+    Args:
+        last_hidden_state: (B, Q, d_model) final decoder output, after the shared LayerNorm.
+        intermediate_hidden_states: (L, B, Q, d_model) every decoder layer's output after the shared LayerNorm;
+            the last entry equals `last_hidden_state`.
+        encoder_last_hidden_state: (B, HW, d_model) encoder output (the decoder's memory).
+        cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
+        feature_mask: (B, h, w) bool, True where the backbone feature map covers real (unpadded) pixels.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    feature_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class DeTRLiteObjectDetectionOutput(ModelOutput):
+    """Output of `DeTRLiteForObjectDetection`.
+
+    Args:
+        loss: scalar total Hungarian loss, only when `labels` are given.
+        loss_dict: the individual loss terms (`loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, and the
+            auxiliary layers' terms with a `_{i}` suffix), only when `labels` are given.
+        logits: (B, Q, num_labels + 1) class logits; the last index is "no object".
+        pred_boxes: (B, Q, 4) boxes as (cx, cy, w, h) normalised to the unpadded resized image.
+        auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per earlier decoder layer, when `labels` are given
+            and `config.auxiliary_loss` is on.
+        last_hidden_state: (B, Q, d_model) final decoder output.
+        encoder_last_hidden_state: (B, HW, d_model) encoder output.
+        cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
+        feature_mask: (B, h, w) bool, True where the feature map covers real pixels.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    feature_mask: torch.BoolTensor | None = None
+
+
+def _pretrained_weights_file(config: DeTRLiteConfig) -> str | None:
+    """Local file holding the backbone's pretrained weights, or None to let timm download them.
+
+    Raises a clear error at once when the weights are neither given nor cached and the Hub is unreachable,
+    instead of letting timm retry the download for a minute.
+    """
+    if config.backbone_weights_file:
+        if not os.path.isfile(config.backbone_weights_file):
+            raise ValueError(
+                f"backbone_weights_file {config.backbone_weights_file!r} does not exist. Point it at a timm "
+                "weights file (.safetensors/.pth) or set use_pretrained_backbone=False."
+            )
+        return config.backbone_weights_file
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(config.backbone), "hf_hub_id", None)
+    if hub_id:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(hub_id, filename)
+            if isinstance(cached, str):
+                return cached
+    if constants.is_offline_mode():
+        raise ValueError(
+            f"Pretrained weights for backbone {config.backbone!r} are not in the local Hugging Face cache and the "
+            "Hub is offline. Download them once where there is network, pass backbone_weights_file=PATH, or set "
+            "use_pretrained_backbone=False to train the backbone from scratch."
+        )
+    return None
+
+
+def _skip_pretrained_download() -> bool:
+    """True while `from_pretrained` builds the model on the meta device: the checkpoint brings the weights."""
+    return torch.empty(0).device.type == "meta"
+
+
+class DeTRLiteBackbone(nn.Module):
+    """A timm feature extractor returning its last (stride 32, or 16 with DC5) feature map.
+
+    Batch norm is frozen (timm's conversion) because DETR's per-device batches are too small for
+    useful statistics, and only the last `trainable_backbone_layers` stages train, as in DETR.
+    """
+
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__()
+        load_pretrained = config.use_pretrained_backbone and not _skip_pretrained_download()
+        kwargs = {"features_only": True, "out_indices": (-1,)}
+        if config.dilation:
+            kwargs["output_stride"] = 16
+        if load_pretrained:
+            weights = _pretrained_weights_file(config)
+            if weights is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": weights}
+        try:
+            self.body = timm.create_model(config.backbone, pretrained=load_pretrained, **kwargs)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"timm model {config.backbone!r} cannot be used as a DeTR-Lite backbone ({error}). "
+                "Pick a timm model that supports features_only=True, e.g. 'resnet50'."
+            ) from error
+        if config.freeze_batch_norm:
+            self.body = timm.layers.freeze_batch_norm_2d(self.body)
+        self._freeze_early_stages(config.trainable_backbone_layers)
+        self.num_channels = self.body.feature_info.channels()[-1]
+        # The backbone's weights come from timm (its own init or pretrained file), not from _init_weights.
+        for module in self.modules():
+            module._is_hf_initialized = True
+
+    def _freeze_early_stages(self, trainable_layers: int) -> None:
+        stages = [info["module"] for info in self.body.feature_info.info]  # every stage, not only the output
+        if trainable_layers >= len(stages):
+            return
+        first_trainable = stages[len(stages) - trainable_layers] if trainable_layers else None
+        for name, child in self.body.named_children():
+            if name == first_trainable:
+                break
+            child.requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H / stride, W / stride)."""
+        return self.body(pixel_values)[-1]
+
+
+def sine_position_embedding(mask: torch.Tensor, num_features: int, temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's 2-D sine position embedding, normalised by the unpadded extent of each image.
+
+    Args:
+        mask: (B, h, w) bool, True on real (unpadded) positions.
+        num_features: features per axis; the embedding has 2 * num_features channels (y first, then x).
+        temperature: the wavelength base, as in "Attention Is All You Need".
+
+    Returns:
+        (B, h * w, 2 * num_features) float32.
+    """
+    eps, scale = 1e-6, 2 * math.pi
+    not_padded = mask.float()
+    y_embed = not_padded.cumsum(1)  # (B, h, w)
+    x_embed = not_padded.cumsum(2)
+    # Normalising by the last cumulative value maps each image's real extent to (0, 2π], whatever its padding.
+    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    exponent = 2 * torch.div(torch.arange(num_features, device=mask.device), 2, rounding_mode="floor") / num_features
+    dim_t = temperature**exponent  # (F,): each sin/cos pair shares one frequency
+    pos_x = x_embed[..., None] / dim_t  # (B, h, w, F)
+    pos_y = y_embed[..., None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # (B, h * w, 2F)
+
+
+class DeTRLiteAttention(nn.Module):
+    """Multi-head attention with separate query/key/value inputs (DETR adds positions to q and k, not v).
+
+    Runs through `scaled_dot_product_attention` (fused kernels); `need_weights=True` takes an eager path that
+    also returns the attention probabilities, for visualising where a query looks.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, hd)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """query (B, Lq, D), key/value (B, Lk, D), key_padding_mask (B, Lk) bool True on padding.
+
+        Returns the attended values (B, Lq, D) and, with `need_weights`, the weights (B, heads, Lq, Lk).
+        """
+        q = self._split_heads(self.q_proj(query))
+        k = self._split_heads(self.k_proj(key))
+        v = self._split_heads(self.v_proj(value))
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, heads, Lq, Lk)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = F.dropout(weights, p=dropout, training=self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
+        out = out.transpose(1, 2).flatten(2)  # (B, Lq, D)
+        return self.out_proj(out), weights
+
+
+class DeTRLiteFeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, config: DeTRLiteConfig):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.activation = _ACTIVATIONS[config.activation_function]
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.activation_dropout(self.activation(self.linear1(x))))
+
+
+class DeTRLiteEncoderLayer(nn.Module):
+    """Self-attention over image tokens (q = k = x + pos, v = x), then a feed-forward block."""
+
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__()
+        d_model = config.d_model
+        self.self_attn = DeTRLiteAttention(d_model, config.encoder_attention_heads, config.attention_dropout)
+        self.ffn = DeTRLiteFeedForward(d_model, config.encoder_ffn_dim, config)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.pre_norm
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """x, pos (B, HW, D); padding_mask (B, HW) True on padding."""
+        if self.pre_norm:
+            h = self.norm1(x)
+            x = x + self.dropout(self.self_attn(h + pos, h + pos, h, padding_mask)[0])
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.self_attn(x + pos, x + pos, x, padding_mask)[0]))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class DeTRLiteDecoderLayer(nn.Module):
+    """Self-attention among object queries, cross-attention into the image memory, then feed-forward."""
+
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__()
+        d_model, heads = config.d_model, config.decoder_attention_heads
+        self.self_attn = DeTRLiteAttention(d_model, heads, config.attention_dropout)
+        self.cross_attn = DeTRLiteAttention(d_model, heads, config.attention_dropout)
+        self.ffn = DeTRLiteFeedForward(d_model, config.decoder_ffn_dim, config)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.pre_norm
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tgt, query_pos (B, Q, D); memory, pos (B, HW, D). Returns (B, Q, D) and the cross-attention weights."""
+        if self.pre_norm:
+            h = self.norm1(tgt)
+            tgt = tgt + self.dropout(self.self_attn(h + query_pos, h + query_pos, h)[0])
+            h = self.norm2(tgt)
+            attended, weights = self.cross_attn(h + query_pos, memory + pos, memory, padding_mask, need_weights)
+            tgt = tgt + self.dropout(attended)
+            return tgt + self.dropout(self.ffn(self.norm3(tgt))), weights
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0]))
+        attended, weights = self.cross_attn(tgt + query_pos, memory + pos, memory, padding_mask, need_weights)
+        tgt = self.norm2(tgt + self.dropout(attended))
+        return self.norm3(tgt + self.dropout(self.ffn(tgt))), weights
+
+
+class DeTRLiteEncoder(nn.Module):
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DeTRLiteEncoderLayer(config) for _ in range(config.encoder_layers))
+        # Pre-norm stacks leave the residual stream un-normalised: close them with a LayerNorm.
+        self.norm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, pos, padding_mask)
+        return x if self.norm is None else self.norm(x)
+
+
+class DeTRLiteDecoder(nn.Module):
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DeTRLiteDecoderLayer(config) for _ in range(config.decoder_layers))
+        self.norm = nn.LayerNorm(config.d_model)  # shared by every layer's output, so all heads see one scale
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Returns every layer's normalised output (L, B, Q, D) and the cross-attention weights per layer."""
+        tgt = torch.zeros_like(query_pos)  # queries start empty; their identity lives in query_pos
+        outputs, attentions = [], []
+        for layer in self.layers:
+            tgt, weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
+            outputs.append(self.norm(tgt))  # the un-normalised stream flows on, as in DETR
+            attentions.append(weights)
+        return torch.stack(outputs), (tuple(attentions) if need_weights else None)
+
+
+class DeTRLiteMLP(nn.Module):
+    """The box head: a small MLP with ReLU between layers."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class DeTRLitePreTrainedModel(PreTrainedModel):
+    config: DeTRLiteConfig
+    config_class = DeTRLiteConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["DeTRLiteEncoderLayer", "DeTRLiteDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # DETR's init: Xavier for transformer matrices, PyTorch defaults for the projection and heads,
+        # N(0, 1) for the object queries. The backbone is initialised by timm and never reaches here.
+        # Children are visited before their parents, so attention/feed-forward blocks override their linears.
+        if isinstance(module, DeTRLiteAttention):
+            for linear in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                init.xavier_uniform_(linear.weight, gain=self.config.init_xavier_std)
+                init.zeros_(linear.bias)
+        elif isinstance(module, DeTRLiteFeedForward):
+            for linear in (module.linear1, module.linear2):
+                init.xavier_uniform_(linear.weight)
+                _default_bias_init(linear)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            _default_bias_init(module)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _default_bias_init(module: nn.Module) -> None:
+    """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    fan_in = module.weight[0].numel()
+    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+    init.uniform_(module.bias, -bound, bound)
+
+
+class DeTRLiteModel(DeTRLitePreTrainedModel):
+    """Backbone, input projection, position embedding, encoder and decoder; no prediction heads."""
+
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__(config)
+        self.backbone = DeTRLiteBackbone(config)
+        self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        self.encoder = DeTRLiteEncoder(config)
+        self.decoder = DeTRLiteDecoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DeTRLiteModelOutput | tuple:
+        """Args:
+            pixel_values: (B, 3, H, W) normalised images.
+            pixel_mask: (B, H, W), 1 on real pixels, 0 on padding; None means no padding.
+            output_attentions: also return the decoder cross-attention maps (slower eager attention).
+        """
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}.")
+        features = self.backbone(pixel_values)  # (B, C, h, w)
+        batch = features.shape[0]
+        if pixel_mask is None:
+            feature_mask = torch.ones((batch, *features.shape[-2:]), dtype=torch.bool, device=features.device)
+        else:
+            # Nearest-neighbour downsampling of the pixel mask, as DETR does.
+            feature_mask = F.interpolate(pixel_mask[None].float(), size=features.shape[-2:])[0].bool()  # (B, h, w)
+        pos = sine_position_embedding(feature_mask, self.config.d_model // 2).to(features.dtype)  # (B, HW, D)
+        padding_mask = None if pixel_mask is None else ~feature_mask.flatten(1)  # (B, HW)
+        src = self.input_projection(features).flatten(2).transpose(1, 2)  # (B, HW, D)
+        memory = self.encoder(src, pos, padding_mask)
+        query_pos = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, D)
+        hidden, cross_attentions = self.decoder(memory, pos, query_pos, padding_mask, output_attentions)
+        output = DeTRLiteModelOutput(
+            last_hidden_state=hidden[-1],
+            intermediate_hidden_states=hidden,
+            encoder_last_hidden_state=memory,
+            cross_attentions=cross_attentions,
+            feature_mask=feature_mask,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
+    """DeTR-Lite with class and box heads; computes the Hungarian loss when `labels` are given."""
+
+    def __init__(self, config: DeTRLiteConfig):
+        super().__init__(config)
+        self.model = DeTRLiteModel(config)
+        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)  # + "no object"
+        self.bbox_predictor = DeTRLiteMLP(config.d_model, config.d_model, 4, num_layers=3)
+        self.criterion = DeTRLiteLoss(config)
+        self.post_init()
+
+    @property
+    def loss_function(self):
+        # transformers would pick its own DETR loss from the class name; ours is the set criterion above.
+        return self.criterion
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict] | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DeTRLiteObjectDetectionOutput | tuple:
+        """Args:
+            pixel_values: (B, 3, H, W) normalised images.
+            pixel_mask: (B, H, W), 1 on real pixels, 0 on padding.
+            labels: B dicts with `class_labels` (n,) and `boxes` (n, 4) as normalised (cx, cy, w, h);
+                the loss is computed only when given.
+            output_attentions: also return the decoder cross-attention maps.
+        """
+        outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions)
+        hidden = outputs.intermediate_hidden_states  # (L, B, Q, D)
+        if labels is None:
+            hidden = hidden[-1:]  # inference needs the last layer only
+        all_logits = self.class_labels_classifier(hidden)  # (L, B, Q, C + 1)
+        all_boxes = self.bbox_predictor(hidden).sigmoid()  # (L, B, Q, 4)
+        logits, pred_boxes = all_logits[-1], all_boxes[-1]
+        loss = loss_dict = auxiliary_outputs = None
+        if labels is not None:
+            aux_logits = aux_boxes = None
+            if self.config.auxiliary_loss:
+                aux_logits, aux_boxes = all_logits[:-1], all_boxes[:-1]
+                auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
+            loss, loss_dict = self.criterion(logits, pred_boxes, labels, aux_logits, aux_boxes)
+        output = DeTRLiteObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            cross_attentions=outputs.cross_attentions,
+            feature_mask=outputs.feature_mask,
+        )
+        return output if return_dict is not False else output.to_tuple()
