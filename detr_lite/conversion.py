@@ -141,12 +141,17 @@ def config_from_official(state_dict: dict[str, torch.Tensor], num_heads: int = 8
 
 def _load_into_model(config: DeTRLiteConfig, state_dict: dict[str, torch.Tensor]) -> DeTRLiteForObjectDetection:
     model = DeTRLiteForObjectDetection(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or mismatched:
         raise ValueError(
-            f"The checkpoint does not match the DeTR-Lite architecture: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}. Check --source and the number of heads / dilation."
+            f"The checkpoint does not match the DeTR-Lite architecture {config.backbone!r} with "
+            f"{config.encoder_attention_heads} heads: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatch {mismatched[:5]}. Check --source, --backbone, --num_heads and --dilation."
         )
+    model.load_state_dict(state_dict)
     return model.eval()
 
 
