@@ -1,0 +1,333 @@
+"""Hungarian matcher and set criterion of DETR (Carion et al. 2020, "End-to-End Object Detection
+with Transformers", Sec. 3.1), written afresh after the paper and facebookresearch/detr.
+
+Each image's targets are matched one-to-one to the model's queries by the Hungarian algorithm on
+a class + L1 + GIoU cost; unmatched queries are trained to predict "no object" (the last class).
+
+Hub rule: copied into hub repos for `trust_remote_code`, so only torch, numpy and scipy here.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .box_ops import center_to_corners, generalized_box_iou, paired_generalized_box_iou
+
+Matching = list[list[tuple[Tensor, Tensor]]]
+"""[layer][image] -> (query_indices, target_indices), int64 on the CPU."""
+
+
+def _check_label_structure(labels: Sequence[Mapping[str, Tensor]], batch_size: int) -> list[int]:
+    """Check keys, dtypes and shapes of `labels` (metadata only, no device sync).
+
+    Returns:
+        The number of targets of each image.
+    """
+    if not isinstance(labels, Sequence) or len(labels) != batch_size:
+        got = f"{len(labels)} items" if isinstance(labels, Sequence) else type(labels).__name__
+        raise ValueError(f"labels must be a list of {batch_size} dicts, one per image, got {got}.")
+    return [_check_image_labels(index, target) for index, target in enumerate(labels)]
+
+
+def _describe(value) -> str:
+    """'dtype (shape)' of a tensor, the type name of anything else, for error messages."""
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _check_image_labels(index: int, target: Mapping[str, Tensor]) -> int:
+    """Check the label dict of image `index`; returns its number of targets."""
+    missing = sorted({"class_labels", "boxes"} - set(target)) if isinstance(target, Mapping) else ["(not a dict)"]
+    if missing:
+        raise ValueError(f"labels[{index}] lacks {missing}: each image needs 'class_labels', a LongTensor (n,), "
+                         "and 'boxes', a FloatTensor (n, 4) of normalised (cx, cy, w, h); n may be 0.")
+    classes, boxes = target["class_labels"], target["boxes"]
+    if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
+        raise ValueError(f"labels[{index}]['boxes'] must be a float tensor of shape (n, 4), got {_describe(boxes)}.")
+    if (not isinstance(classes, Tensor) or classes.shape != (len(boxes),) or classes.is_floating_point()
+            or classes.dtype == torch.bool):
+        raise ValueError(f"labels[{index}]['class_labels'] must be an integer tensor of shape ({len(boxes)},), one "
+                         f"id per box, got {_describe(classes)}.")
+    return len(boxes)
+
+
+def _check_label_values(classes: np.ndarray, boxes: np.ndarray, counts: list[int], num_labels: int) -> None:
+    """Check the host copy of the concatenated targets: classes (T,), boxes (T, 4) cxcywh."""
+    problems = (
+        ("class_labels", (classes < 0) | (classes >= num_labels), f"is outside 0..{num_labels - 1}; class ids must "
+         "be contiguous, map dataset category ids through config.label2id"),
+        ("boxes", ~np.isfinite(boxes).all(-1) | (boxes[:, 2:] < 0).any(-1), "is non-finite or has a negative "
+         "width/height; boxes must be normalised (cx, cy, w, h)"),
+    )
+    for field, bad, reason in problems:
+        if bad.any():
+            position = int(np.argmax(bad))
+            image = int(np.searchsorted(np.cumsum(counts), position, side="right"))
+            row = position - sum(counts[:image])
+            value = int(classes[position]) if field == "class_labels" else boxes[position].tolist()
+            raise ValueError(f"labels[{image}]['{field}'][{row}] = {value} {reason}.")
+
+
+def _concat_labels(labels: Sequence[Mapping[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The targets of the whole batch, concatenated: class ids (T,) int64 and boxes (T, 4) float32."""
+    classes = torch.cat([target["class_labels"].reshape(-1) for target in labels]).to(device, torch.int64)
+    boxes = torch.cat([target["boxes"].reshape(-1, 4) for target in labels]).to(device, torch.float32)
+    return classes, boxes
+
+
+def _solve(cost: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Optimal assignment for one (Q, n) cost matrix, rows (queries) in increasing order."""
+    queries, targets = linear_sum_assignment(cost)
+    return torch.as_tensor(queries, dtype=torch.int64), torch.as_tensor(targets, dtype=torch.int64)
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to targets minimising the DETR matching cost.
+
+    cost = class_cost * (-p[target class]) + bbox_cost * L1(boxes) + giou_cost * (-GIoU(boxes)).
+    """
+
+    def __init__(self, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0):
+        super().__init__()
+        if min(class_cost, bbox_cost, giou_cost) < 0 or class_cost == bbox_cost == giou_cost == 0:
+            raise ValueError(f"Matcher costs must be non-negative and not all 0, got class_cost={class_cost}, "
+                             f"bbox_cost={bbox_cost}, giou_cost={giou_cost}.")
+        self.class_cost = class_cost
+        self.bbox_cost = bbox_cost
+        self.giou_cost = giou_cost
+
+    @torch.no_grad()
+    def forward(self, logits: Tensor, pred_boxes: Tensor, labels: Sequence[Mapping[str, Tensor]]) -> Matching:
+        """Match every decoder layer of every image in one device-to-host transfer.
+
+        Args:
+            logits: (L, B, Q, C + 1) class logits of L decoder layers, the last class being no-object.
+            pred_boxes: (L, B, Q, 4) predicted boxes, normalised (cx, cy, w, h).
+            labels: B dicts, `class_labels` LongTensor (n,) and `boxes` FloatTensor (n, 4) normalised
+                (cx, cy, w, h); n may be 0.
+
+        Returns:
+            [layer][image] -> (query_indices, target_indices), int64 on the CPU, sorted by query index,
+            min(Q, n) pairs each (empty for an image without targets).
+        """
+        if logits.ndim != 4 or pred_boxes.shape != (*logits.shape[:3], 4):
+            raise ValueError(f"HungarianMatcher expects logits (L, B, Q, C + 1) and pred_boxes (L, B, Q, 4), got "
+                             f"{tuple(logits.shape)} and {tuple(pred_boxes.shape)}.")
+        num_labels = logits.shape[-1] - 1
+        counts = _check_label_structure(labels, logits.shape[1])
+        classes, boxes = _concat_labels(labels, logits.device)
+        # Out-of-range ids are clamped only so that the gather cannot fault on the device;
+        # they are reported from the host copy below.
+        cost = self._cost(logits.float(), pred_boxes.float(), classes.clamp(0, num_labels - 1), boxes)
+        # The single device-to-host transfer of the call: costs of all layers and images, plus the
+        # targets so that their values can be validated without a second sync.
+        host = torch.cat([cost.flatten(), classes.float(), boxes.flatten()]).cpu().numpy()
+        host_cost, host_classes, host_boxes = np.split(host, [cost.numel(), cost.numel() + len(classes)])
+        _check_label_values(host_classes, host_boxes.reshape(-1, 4), counts, num_labels)
+        if not np.isfinite(host_cost).all():
+            raise ValueError("HungarianMatcher: the model predicted non-finite (NaN or inf) logits or boxes (the "
+                             "targets are finite). Training has most likely diverged: lower the learning rate, "
+                             "check gradient clipping, or look for bad input images.")
+        return self._assign(host_cost.reshape(cost.shape), counts)
+
+    def _cost(self, logits: Tensor, pred_boxes: Tensor, classes: Tensor, boxes: Tensor) -> Tensor:
+        """Cost between every query and every target of the batch.
+
+        logits (L, B, Q, C + 1), pred_boxes (L, B, Q, 4), classes (T,), boxes (T, 4) -> (L, B, Q, T).
+        The entries pairing a query with another image's target are computed but never read: one
+        dense batched computation beats a Python loop over images.
+        """
+        # -p[class] rather than the NLL used by the loss: a probability is bounded like the box
+        # costs, so the terms stay commensurable (DETR Sec. 3.1).
+        class_cost = -logits.softmax(-1)[..., classes]
+        bbox_cost = torch.cdist(pred_boxes.flatten(0, 2), boxes, p=1).view(class_cost.shape)
+        giou_cost = -generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(boxes))
+        return self.class_cost * class_cost + self.bbox_cost * bbox_cost + self.giou_cost * giou_cost
+
+    @staticmethod
+    def _assign(cost: np.ndarray, counts: list[int]) -> Matching:
+        """Split the (L, B, Q, T) host cost by image and solve each (layer, image) problem."""
+        bounds = np.cumsum([0, *counts])
+        return [
+            [_solve(layer_cost[image, :, bounds[image]:bounds[image + 1]]) for image in range(len(counts))]
+            for layer_cost in cost
+        ]
+
+
+class _Targets(NamedTuple):
+    """The targets of a batch on the device."""
+
+    classes: Tensor  # (T,) int64, all images concatenated
+    boxes: Tensor  # (T, 4) float32 cxcywh, all images concatenated
+    counts: Tensor  # (B,) float32, number of targets of each image
+
+
+class _Matches(NamedTuple):
+    """The matched (query, target) pairs of one decoder layer, all images together, on the device."""
+
+    image: Tensor  # (M,) image index of each pair
+    query: Tensor  # (M,) query index within the image
+    target: Tensor  # (M,) index into the concatenated targets
+
+
+def _flatten_matches(matching: Matching, counts: list[int], device: torch.device) -> list[_Matches]:
+    """Turn [layer][image] index pairs into per-layer flat device index tensors, in one copy."""
+    offsets = np.cumsum([0, *counts[:-1]])
+
+    def flat(layer: list[tuple[Tensor, Tensor]]) -> Tensor:  # (3, M)
+        return torch.stack([
+            torch.cat([torch.full_like(queries, image) for image, (queries, _) in enumerate(layer)]),
+            torch.cat([queries for queries, _ in layer]),
+            torch.cat([targets + int(offsets[image]) for image, (_, targets) in enumerate(layer)]),
+        ])
+
+    # Every layer matches min(Q, n) pairs per image, so the layers stack. non_blocking: a copy from
+    # pageable memory is staged at once and does not wait for the queued device work.
+    stacked = torch.stack([flat(layer) for layer in matching]).to(device, non_blocking=True)  # (L, 3, M)
+    return [_Matches(*layer) for layer in stacked]
+
+
+def _num_boxes(total: int, device: torch.device) -> Tensor:
+    """Number of target boxes per process, averaged over processes and clamped to >= 1; 0-d, on the device."""
+    # torch.full passes the count as a kernel argument: no host-to-device copy to wait for.
+    num_boxes = torch.full((), float(total), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_boxes)
+        num_boxes = num_boxes / dist.get_world_size()
+    return num_boxes.clamp(min=1)
+
+
+class DeTRLiteLoss(nn.Module):
+    """The set criterion: Hungarian matching, then classification and box losses on every decoder layer.
+
+    Args:
+        config: any object with `num_labels`, `eos_coefficient`, the matcher costs `class_cost`,
+            `bbox_cost`, `giou_cost`, the loss weights `bbox_loss_coefficient`, `giou_loss_coefficient`,
+            and `auxiliary_loss` (a `DeTRLiteConfig`, or transformers' `DetrConfig`).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_labels = config.num_labels
+        self.eos_coefficient = config.eos_coefficient
+        self.auxiliary_loss = config.auxiliary_loss
+        self.matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
+        self.losses = ("labels", "boxes", "cardinality")
+        # cardinality_error is logged only: it counts argmax predictions and has no gradient.
+        self.weight_dict = {
+            "loss_ce": 1.0,
+            "loss_bbox": config.bbox_loss_coefficient,
+            "loss_giou": config.giou_loss_coefficient,
+            "cardinality_error": 0.0,
+        }
+
+    def forward(
+        self,
+        logits: Tensor,
+        pred_boxes: Tensor,
+        labels: Sequence[Mapping[str, Tensor]],
+        aux_logits: Tensor | None = None,
+        aux_boxes: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the weighted DETR loss, in float32 even under autocast.
+
+        Args:
+            logits: (B, Q, num_labels + 1) class logits of the last decoder layer, no-object last.
+            pred_boxes: (B, Q, 4) boxes of the last decoder layer, normalised (cx, cy, w, h).
+            labels: B dicts, `class_labels` LongTensor (n,) and `boxes` FloatTensor (n, 4) normalised
+                (cx, cy, w, h); n may be 0.
+            aux_logits: (L - 1, B, Q, num_labels + 1) logits of the earlier decoder layers, or None.
+                Ignored when `config.auxiliary_loss` is False.
+            aux_boxes: (L - 1, B, Q, 4) boxes of the earlier decoder layers, or None.
+
+        Returns:
+            `(loss, loss_dict)`: the 0-d weighted total with its graph, and every term detached for
+            logging: `loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, and for auxiliary
+            layer i the same keys suffixed `_{i}`.
+        """
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            all_logits, all_boxes = self._stack_layers(logits, pred_boxes, aux_logits, aux_boxes)
+            matching = self.matcher(all_logits, all_boxes, labels)
+            counts = [len(target["boxes"]) for target in labels]
+            targets = _Targets(*_concat_labels(labels, logits.device),
+                               torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))
+            num_boxes = _num_boxes(sum(counts), logits.device)
+            total, loss_dict = 0.0, {}
+            for layer, matches in enumerate(_flatten_matches(matching, counts, logits.device)):
+                terms = self._layer_losses(all_logits[layer], all_boxes[layer], targets, matches, num_boxes)
+                total = total + sum(self.weight_dict[name] * value for name, value in terms.items())
+                suffix = "" if layer == len(matching) - 1 else f"_{layer}"
+                loss_dict.update({name + suffix: value.detach() for name, value in terms.items()})
+        return total, loss_dict
+
+    def _stack_layers(
+        self, logits: Tensor, pred_boxes: Tensor, aux_logits: Tensor | None, aux_boxes: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Check shapes and stack auxiliary + final layers in float32: (L, B, Q, C + 1) and (L, B, Q, 4)."""
+        if logits.ndim != 3 or logits.shape[-1] != self.num_labels + 1:
+            raise ValueError(f"logits must be (B, Q, num_labels + 1) = (B, Q, {self.num_labels + 1}) with "
+                             f"no-object last, got {tuple(logits.shape)}.")
+        if pred_boxes.shape != (*logits.shape[:2], 4):
+            raise ValueError(f"pred_boxes must be (B, Q, 4) = {(*logits.shape[:2], 4)}, got {tuple(pred_boxes.shape)}.")
+        if not self.auxiliary_loss or (aux_logits is None and aux_boxes is None):
+            return logits.float()[None], pred_boxes.float()[None]
+        if aux_logits is None or aux_boxes is None:
+            raise ValueError("aux_logits and aux_boxes must be given together (or both left None).")
+        if aux_logits.shape[1:] != logits.shape or aux_boxes.shape != (len(aux_logits), *pred_boxes.shape):
+            raise ValueError(f"aux_logits and aux_boxes must be (L - 1, *{tuple(logits.shape)}) and "
+                             f"(L - 1, *{tuple(pred_boxes.shape)}), got {tuple(aux_logits.shape)} and "
+                             f"{tuple(aux_boxes.shape)}.")
+        return (torch.cat([aux_logits.float(), logits.float()[None]]),
+                torch.cat([aux_boxes.float(), pred_boxes.float()[None]]))
+
+    def _layer_losses(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,
+                      num_boxes: Tensor) -> dict[str, Tensor]:
+        """All loss terms of one decoder layer: logits (B, Q, C + 1), boxes (B, Q, 4)."""
+        terms = {}
+        for name in self.losses:
+            terms.update(self.get_loss(name, logits, boxes, targets, matches, num_boxes))
+        return terms
+
+    def get_loss(self, name: str, *args) -> dict[str, Tensor]:
+        """Dispatch to the loss term `name`; each returns a dict of 0-d tensors."""
+        terms = {"labels": self.loss_labels, "boxes": self.loss_boxes, "cardinality": self.loss_cardinality}
+        return terms[name](*args)
+
+    def loss_labels(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,
+                    num_boxes: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy over all B x Q queries; unmatched ones target no-object.
+
+        The no-object class is down-weighted by `eos_coefficient`: most queries are empty and would
+        otherwise swamp the classification of the few real objects.
+        """
+        target_classes = torch.full(logits.shape[:2], self.num_labels, dtype=torch.int64, device=logits.device)
+        target_classes[matches.image, matches.query] = targets.classes[matches.target]  # (B, Q)
+        weight = torch.ones(self.num_labels + 1, device=logits.device)
+        weight[-1] = self.eos_coefficient
+        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)}
+
+    def loss_boxes(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,
+                   num_boxes: Tensor) -> dict[str, Tensor]:
+        """L1 and 1 - GIoU over the matched pairs, summed and divided by the number of target boxes."""
+        matched = boxes[matches.image, matches.query]  # (M, 4)
+        target = targets.boxes[matches.target]  # (M, 4)
+        giou = paired_generalized_box_iou(center_to_corners(matched), center_to_corners(target))
+        return {
+            "loss_bbox": F.l1_loss(matched, target, reduction="sum") / num_boxes,
+            "loss_giou": (1 - giou).sum() / num_boxes,
+        }
+
+    @torch.no_grad()
+    def loss_cardinality(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,
+                         num_boxes: Tensor) -> dict[str, Tensor]:
+        """Mean absolute error between the number of queries not predicting no-object and of targets.
+
+        A log of over/under-detection only: argmax has no gradient.
+        """
+        predicted = (logits.argmax(-1) != self.num_labels).sum(1).float()  # (B,)
+        return {"cardinality_error": F.l1_loss(predicted, targets.counts)}
