@@ -1,0 +1,40 @@
+"""Training-side data: dataset readers and writers, DETR augmentation, batching.
+
+Every dataset yields the same internal sample (see :mod:`detr_lite.data.base`), whatever its layout.
+"""
+
+from .base import DetectionDataset, ImageRecord, Sample
+from .collate import DetectionCollator
+from .datasets import LAYOUTS, available_splits, detect_layout, load_detection_dataset
+from .transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    RandomResize,
+    RandomSelect,
+    RandomSizeCrop,
+    eval_transforms,
+    train_transforms,
+)
+from .writers import WRITERS, write_coco, write_hf, write_voc
+
+__all__ = [
+    "LAYOUTS",
+    "WRITERS",
+    "Compose",
+    "DetectionCollator",
+    "DetectionDataset",
+    "ImageRecord",
+    "RandomHorizontalFlip",
+    "RandomResize",
+    "RandomSelect",
+    "RandomSizeCrop",
+    "Sample",
+    "available_splits",
+    "detect_layout",
+    "eval_transforms",
+    "load_detection_dataset",
+    "train_transforms",
+    "write_coco",
+    "write_hf",
+    "write_voc",
+]
