@@ -1,0 +1,49 @@
+"""Run a detector over a dataset split and collect COCO-format results (shared by training and evaluate.py)."""
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .data import DetectionCollator, DetectionDataset
+from .evaluation import predictions_to_coco
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: torch.nn.Module,
+    image_processor,
+    dataset: DetectionDataset,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
+    """COCO result dicts (`image_id`, dataset `category_id`, `bbox` xywh, `score`) for every query of every image.
+
+    Args:
+        model: a `DeTRLiteForObjectDetection` (unwrapped; evaluation needs no gradient synchronisation).
+        image_processor: the model's `DeTRLiteImageProcessor`; boxes come back in original-image pixels.
+        dataset: the split, without training augmentation.
+        indices: the subset of images to run (e.g. this process's shard); None for all.
+        autocast_dtype: run the forward pass under autocast (bf16/fp16) on the model's device.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    subset = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=DetectionCollator(image_processor))
+    was_training = model.training
+    model.eval()
+    results = []
+    for batch in tqdm(loader, desc="evaluating", disable=not show_progress, leave=False):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+        sizes = torch.stack([label["orig_size"] for label in batch["labels"]])
+        detections = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        image_ids = [int(label["image_id"]) for label in batch["labels"]]
+        results.extend(predictions_to_coco(detections, image_ids, dataset.label_to_category_id))
+    model.train(was_training)
+    return results

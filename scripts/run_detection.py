@@ -1,0 +1,418 @@
+"""Train and evaluate a DeTR-Lite detector with Accelerate.
+
+    python scripts/run_detection.py            # built-in synthetic shapes, quickstart preset, CPU-friendly
+    accelerate launch scripts/run_detection.py --config configuration/detr_lite_r50.json \\
+        --data_dir data/coco --train_split train2017 --val_split val2017 --output_dir out
+
+A preset (`--config`) gives the model ("model") and the recipe ("training", "data"); any flag overrides it.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
+from detr_lite.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from detr_lite.data import DetectionCollator, load_detection_dataset, train_transforms
+from detr_lite.data.synthetic import make_synthetic_dataset
+from detr_lite.evaluation import coco_evaluate, format_metrics_table, voc_map50
+from detr_lite.inference import predict_dataset
+from detr_lite.model_card import write_model_card
+from detr_lite.optimization import build_scheduler, parameter_groups
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configuration" / "detr_lite_quickstart.json"
+R50 = REPO / "configuration" / "detr_lite_r50.json"
+logger = logging.getLogger("run_detection")
+
+# Recipe defaults when neither the preset nor a flag sets them (DETR's values).
+DEFAULTS = {
+    "learning_rate": 1e-4,
+    "backbone_learning_rate": 1e-5,
+    "weight_decay": 1e-4,
+    "max_grad_norm": 0.1,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "num_train_epochs": 50,
+    "max_train_steps": None,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "step",
+    "num_warmup_steps": 0,
+    "lr_drop_epochs": None,
+    "ema_decay": 0.0,
+    "eval_every": "epoch",
+    "checkpointing_steps": "epoch",
+    "checkpoints_total_limit": 2,
+    "dataloader_num_workers": 2,
+    "seed": 42,
+    "logging_steps": 10,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--config", help="preset JSON (default: quickstart without --data_dir, else detr_lite_r50)")
+    add("--data_dir", help="dataset folder (COCO, VOC or Hugging Face layout); default: built-in synthetic set")
+    add("--train_split", default="train")
+    add("--val_split", default="val")
+    add("--output_dir", help="default: out/quickstart for the synthetic set, else out")
+    add("--model_name_or_path", help="start from a saved DeTR-Lite model (e.g. a converted COCO DETR)")
+    add("--per_device_train_batch_size", type=int)
+    add("--per_device_eval_batch_size", type=int)
+    add("--learning_rate", type=float)
+    add("--backbone_learning_rate", type=float)
+    add("--weight_decay", type=float)
+    add("--max_grad_norm", type=float)
+    add("--num_train_epochs", type=int)
+    add("--max_train_steps", type=int, help="overrides num_train_epochs")
+    add("--gradient_accumulation_steps", type=int)
+    add("--lr_scheduler_type", choices=("constant", "step", "cosine"))
+    add("--num_warmup_steps", type=int)
+    add("--lr_drop_epochs", type=int, help="step scheduler: epoch at which the learning rate drops x0.1")
+    add("--ema_decay", type=float, help="keep an exponential moving average of the weights (0 = off)")
+    add("--eval_every", help="'epoch', or a number of steps")
+    add("--checkpointing_steps", help="'epoch', or a number of steps")
+    add("--checkpoints_total_limit", type=int, help="keep the last N checkpoints")
+    add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    add("--dataloader_num_workers", type=int)
+    add("--max_train_samples", type=int)
+    add("--max_eval_samples", type=int)
+    add("--seed", type=int)
+    add("--logging_steps", type=int)
+    add("--mixed_precision", choices=("no", "fp16", "bf16"), help="default: what accelerate launch says")
+    add("--with_tracking", action="store_true", help="log to Accelerate trackers")
+    add("--report_to", default="tensorboard", help="tracker name(s) for --with_tracking, e.g. tensorboard")
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id")
+    return parser.parse_args(argv)
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict]:
+    """Fill unset flags from the preset, then from DEFAULTS. Returns (args, model preset, data preset)."""
+    preset_path = Path(args.config) if args.config else (QUICKSTART if args.data_dir is None else R50)
+    if not preset_path.is_file():
+        raise SystemExit(f"--config {preset_path}: no such preset file.")
+    try:
+        preset = json.loads(preset_path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--config {preset_path} is not valid JSON: {error}") from error
+    unknown = set(preset.get("training", {})) - set(DEFAULTS)
+    if unknown:
+        raise SystemExit(f"--config {preset_path}: unknown training settings {sorted(unknown)}.")
+    args.config = str(preset_path)
+    for key, default in DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, preset.get("training", {}).get(key, default))
+    if args.output_dir is None:
+        args.output_dir = "out/quickstart" if args.data_dir is None else "out"
+    return args, preset.get("model", {}), preset.get("data", {})
+
+
+def check_hub_access(args: argparse.Namespace) -> None:
+    """With --push_to_hub, fail now, not after hours of training, if the Hub cannot be reached."""
+    if not args.push_to_hub:
+        return
+    from huggingface_hub import HfApi, constants
+
+    if not args.hub_model_id:
+        raise SystemExit("--push_to_hub needs --hub_model_id (e.g. me/detr-lite-shapes).")
+    if constants.is_offline_mode():
+        raise SystemExit("--push_to_hub: HF_HUB_OFFLINE is set, so the model cannot be uploaded. Unset it or drop "
+                         "--push_to_hub and upload later with model.push_to_hub().")
+    try:
+        HfApi().whoami()
+    except Exception as error:  # network down, no token, DNS failure: all mean "cannot push"
+        raise SystemExit(f"--push_to_hub: the Hugging Face Hub is not reachable or you are not logged in ({error}). "
+                         "Run `huggingface-cli login` where there is network, or drop --push_to_hub.") from error
+
+
+def every(value: str | int, name: str) -> int | None:
+    """'epoch' -> None (once per epoch), else a positive step interval."""
+    if str(value) == "epoch":
+        return None
+    try:
+        steps = int(value)
+    except ValueError:
+        raise SystemExit(f"--{name} must be 'epoch' or a number of steps, got {value!r}.") from None
+    if steps < 1:
+        raise SystemExit(f"--{name} must be at least 1, got {steps}.")
+    return steps
+
+
+def load_data(args: argparse.Namespace, data_preset: dict, image_size: int):
+    if args.data_dir is None:
+        args.data_dir = str(make_synthetic_dataset(
+            data_preset.get("synthetic_dir", "data/synthetic"), num_train=data_preset.get("num_train", 2000),
+            num_val=data_preset.get("num_val", 200), seed=data_preset.get("seed", 0), progress=True,
+        ))
+    try:
+        train = load_detection_dataset(args.data_dir, args.train_split, transform=train_transforms(image_size))
+        val = load_detection_dataset(args.data_dir, args.val_split)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    if train.id2label != val.id2label:
+        raise SystemExit(f"{args.data_dir}: splits {args.train_split!r} and {args.val_split!r} have different "
+                         f"classes ({train.id2label} vs {val.id2label}).")
+    if args.max_train_samples:
+        train.records = train.records[: args.max_train_samples]
+    if args.max_eval_samples:
+        val.records = val.records[: args.max_eval_samples]
+    return train, val
+
+
+def build_model(args: argparse.Namespace, model_preset: dict, id2label: dict[int, str]) -> DeTRLiteForObjectDetection:
+    if args.model_name_or_path:
+        return DeTRLiteForObjectDetection.from_pretrained(
+            args.model_name_or_path, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
+    try:
+        config = DeTRLiteConfig(**model_preset, id2label=id2label)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--config {args.config}: invalid model settings: {error}") from error
+    if config.freeze_batch_norm and not config.use_pretrained_backbone:
+        logger.warning("freeze_batch_norm with a randomly initialised backbone: the frozen statistics are "
+                       "meaningless. Set freeze_batch_norm=false when training the backbone from scratch.")
+    return DeTRLiteForObjectDetection(config)
+
+
+def evaluate(accelerator: Accelerator, model, processor, val, args) -> dict:
+    """COCO metrics on the validation split; each process predicts its shard, the main process scores."""
+    shard = range(accelerator.process_index, len(val), accelerator.num_processes)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    predictions = predict_dataset(model, processor, val, batch_size=args.per_device_eval_batch_size,
+                                  indices=shard, device=accelerator.device, autocast_dtype=dtype,
+                                  show_progress=accelerator.is_local_main_process)
+    predictions = gather_object(predictions) if accelerator.num_processes > 1 else predictions
+    metrics = {}
+    if accelerator.is_main_process:
+        ground_truth = val.to_coco_dict()
+        metrics = coco_evaluate(ground_truth, predictions)
+        if any(record.difficult.any() for record in val.records):
+            metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)
+    return metrics
+
+
+def save_model(folder: Path, model, processor, metrics: dict, info: dict) -> None:
+    """save_pretrained (safetensors + code) + processor + model card, swapped into place when complete."""
+    partial = folder.with_name(f".partial-{folder.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.config.use_pretrained_backbone = False  # the checkpoint carries the backbone weights
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    write_model_card(partial, model.config, metrics, info)
+    (partial / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | None:
+    """An annotated prediction on the first validation image, so a user sees what the model does."""
+    from detr_lite.visualization import draw_detections
+
+    sample = val[0]
+    inputs = processor(images=sample["image"], return_tensors="pt")
+    model.eval()
+    with torch.inference_mode():
+        outputs = model(pixel_values=inputs["pixel_values"].to(model.device),
+                        pixel_mask=inputs["pixel_mask"].to(model.device))
+    size = [(sample["image"].height, sample["image"].width)]
+    detections = processor.post_process_object_detection(outputs, threshold=0.5, target_sizes=size)[0]
+    path = output_dir / "sample_prediction.jpg"
+    draw_detections(sample["image"], {k: v.cpu() for k, v in detections.items()}, model.config.id2label).save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, model_preset, data_preset = resolve_settings(parse_args(argv))
+    check_hub_access(args)
+    eval_every = every(args.eval_every, "eval_every")
+    checkpoint_every = every(args.checkpointing_steps, "checkpointing_steps")
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to.split(",") if args.with_tracking else None,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+                        if accelerator.is_main_process else logging.ERROR)
+    if accelerator.is_main_process:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f"--output_dir {output_dir} cannot be created: {error}") from error
+        if not os.access(output_dir, os.W_OK):
+            raise SystemExit(f"--output_dir {output_dir} is not writable.")
+    set_seed(args.seed)
+
+    image_size = model_preset.get("image_size", 640)
+    with accelerator.main_process_first():  # the synthetic set is generated once, by the main process
+        train, val = load_data(args, data_preset, image_size)
+    model = build_model(args, model_preset, train.id2label)
+    processor = DeTRLiteImageProcessor(size=model.config.image_size)
+    collator = DetectionCollator(processor)
+    train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                              collate_fn=collator, num_workers=args.dataloader_num_workers,
+                              persistent_workers=args.dataloader_num_workers > 0)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+                                                   args.weight_decay))
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    drop_step = args.lr_drop_epochs * steps_per_epoch if args.lr_drop_epochs else None
+    scheduler = build_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps, max_steps, drop_step)
+    accelerator.register_for_checkpointing(scheduler)
+    ema = None
+    if args.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            accelerator.unwrap_model(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
+        accelerator.register_for_checkpointing(ema)
+
+    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    if args.with_tracking:
+        hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("detr_lite", config=hparams)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_AP": -1.0, "images_seen": 0, "train_time": 0.0,
+             "last_eval_step": -1, "last_checkpoint_step": -1}
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+        state.update(load_checkpoint(accelerator, checkpoint))
+        logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, state["step"], state["epoch"],
+                    state["batch_in_epoch"])
+
+    logger.info("Training on %d images (%d classes), validating on %d; %d steps of %d x %d images on %s",
+                len(train), len(train.id2label), len(val), max_steps, args.per_device_train_batch_size,
+                accelerator.num_processes, accelerator.device)
+    info = {"model_name": args.hub_model_id or output_dir.name, "dataset_name": Path(args.data_dir).name,
+            "train_split": args.train_split, "eval_split": args.val_split, "command": command}
+    progress = tqdm(total=max_steps, initial=state["step"], desc="training",
+                    disable=not accelerator.is_local_main_process)
+    history, metrics, evaluations = [], {}, []
+    running_loss, start = torch.zeros((), device=accelerator.device), time.monotonic() - state["train_time"]
+
+    def checkpoint() -> None:
+        state["train_time"] = time.monotonic() - start
+        state["last_checkpoint_step"] = state["step"]
+        save_checkpoint(accelerator, output_dir, dict(state), args.checkpoints_total_limit)
+
+    def evaluate_and_keep_best() -> dict:
+        eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
+        result = evaluate(accelerator, eval_model, processor, val, args)
+        state["last_eval_step"] = state["step"]
+        evaluations.append(state["step"])
+        if accelerator.is_main_process:
+            state["train_time"] = time.monotonic() - start
+            history.append({"step": state["step"], "AP": result["AP"], "AP50": result["AP50"],
+                            "minutes": round(state["train_time"] / 60, 2)})
+            logger.info("step %d: AP %.4f AP50 %.4f", state["step"], result["AP"], result["AP50"])
+            if args.with_tracking:
+                accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=state["step"])
+            if result["AP"] > state["best_AP"]:
+                state["best_AP"] = result["AP"]
+                save_model(output_dir / "best", eval_model, processor, result,
+                           {**info, "steps": state["step"], "images_seen": state["images_seen"],
+                            "train_time": f"{state['train_time'] / 60:.1f} min"})
+        accelerator.wait_for_everyone()
+        return result
+
+    model.train()
+    for epoch in range(state["epoch"], num_epochs):
+        state["epoch"] = epoch
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        if state["batch_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
+        for batch in loader:
+            with accelerator.accumulate(model):
+                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"],
+                                labels=batch["labels"])
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            state["batch_in_epoch"] += 1
+            state["images_seen"] += len(batch["labels"]) * accelerator.num_processes
+            running_loss += outputs.loss.detach()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
+            state["step"] += 1
+            progress.update(1)
+            if state["step"] % args.logging_steps == 0:
+                loss = accelerator.reduce(running_loss, "mean").item() / (
+                    args.logging_steps * args.gradient_accumulation_steps)
+                running_loss.zero_()
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
+                if args.with_tracking:
+                    accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[-1]},
+                                    step=state["step"])
+            if eval_every and state["step"] % eval_every == 0:
+                metrics = evaluate_and_keep_best()
+                model.train()
+            if checkpoint_every and state["step"] % checkpoint_every == 0:
+                checkpoint()
+            if state["step"] >= max_steps:
+                break
+        if state["step"] >= max_steps and state["batch_in_epoch"] < len(train_loader):
+            break  # stopped mid-epoch: keep batch_in_epoch for an exact resume
+        state["batch_in_epoch"] = 0
+        state["epoch"] = epoch + 1
+        if eval_every is None:
+            metrics = evaluate_and_keep_best()
+            model.train()
+        if checkpoint_every is None:
+            checkpoint()
+    progress.close()
+    if state["last_eval_step"] != state["step"] or not evaluations:
+        metrics = evaluate_and_keep_best()
+    if state["last_checkpoint_step"] != state["step"]:
+        checkpoint()
+
+    if accelerator.is_main_process:
+        results = {**metrics, "train_steps": state["step"], "train_images_seen": state["images_seen"],
+                   "train_runtime_s": round(state["train_time"], 1), "best_AP": state["best_AP"],
+                   "learning_curve": history}
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        print(format_metrics_table(metrics))
+        sample = save_sample_prediction(DeTRLiteForObjectDetection.from_pretrained(output_dir / "best").to(
+            accelerator.device), processor, val, output_dir)
+        print(f"\nBest model (AP {state['best_AP']:.4f}): {output_dir / 'best'}\n"
+              f"Metrics: {output_dir / 'all_results.json'}\nCheckpoints: {output_dir / 'checkpoints'}\n"
+              f"Sample prediction: {sample}\nData: {args.data_dir}")
+        if args.push_to_hub:
+            best = DeTRLiteForObjectDetection.from_pretrained(output_dir / "best")
+            best.push_to_hub(args.hub_model_id)
+            DeTRLiteImageProcessor.from_pretrained(output_dir / "best").push_to_hub(args.hub_model_id)
+            from huggingface_hub import upload_file
+
+            upload_file(path_or_fileobj=str(output_dir / "best" / "README.md"), path_in_repo="README.md",
+                        repo_id=args.hub_model_id)
+            print(f"Pushed to https://huggingface.co/{args.hub_model_id}")
+    if args.with_tracking:
+        accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
