@@ -1,7 +1,7 @@
 """Built-in synthetic shapes dataset, written to disk in DeTR-Lite's COCO layout.
 
 Every image is a pure function of ``(seed, split, index)``: the same seed gives byte-identical
-annotation files and identical pixels, on any machine and with any number of workers.
+annotation files and identical pixels (given the same numpy and Pillow versions).
 Images are non-square, with a textured background (colour gradient, low-frequency blotches,
 straight-line clutter, sensor noise) and 1-10 solid shapes from :data:`SHAPE_CLASSES`, each
 contrasting with what it covers. Shapes may overlap, but every object keeps most of its pixels
