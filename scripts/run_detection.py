@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint_every = every(args.checkpointing_steps, "checkpointing_steps")
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        # Accelerate's multi-process launcher (torchrun) only forms a CPU process group (gloo) when told it is on
+        # CPU; without CUDA there is nothing else to run on.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to.split(",") if args.with_tracking else None,

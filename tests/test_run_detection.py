@@ -1,0 +1,144 @@
+"""scripts/run_detection.py and scripts/evaluate.py end to end on a tiny synthetic set: training, evaluation,
+checkpoints, resume, the saved model and its card, and a two-machine launch on one host."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scripts_helpers import SCRIPTS, run_script
+
+from detr_lite.data.synthetic import make_synthetic_dataset
+
+TINY_PRESET = {
+    "model": {
+        "backbone": "resnet18", "freeze_batch_norm": False, "trainable_backbone_layers": 5, "d_model": 32,
+        "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+        "encoder_layers": 1, "decoder_layers": 2, "num_queries": 8, "dropout": 0.0, "image_size": 128,
+    },
+    "training": {
+        "learning_rate": 1e-4, "backbone_learning_rate": 1e-4, "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 4, "max_train_steps": 4, "eval_every": 2, "checkpointing_steps": 2,
+        "checkpoints_total_limit": 2, "dataloader_num_workers": 0, "logging_steps": 1, "lr_scheduler_type": "cosine",
+        "num_warmup_steps": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "tiny.json"
+    path.write_text(json.dumps(TINY_PRESET))
+    return path
+
+
+def train(preset: Path, data_dir: Path, output_dir: Path, *extra: str):
+    return run_script("run_detection.py", "--config", str(preset), "--data_dir", str(data_dir),
+                      "--output_dir", str(output_dir), *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(preset, data_dir, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("run")
+    train(preset, data_dir, output_dir)
+    return output_dir
+
+
+def test_training_writes_results_best_model_card_and_checkpoints(trained):
+    results = json.loads((trained / "all_results.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
+        assert 0.0 <= results[key] <= 1.0 or results[key] == -1.0, key
+    assert results["train_steps"] == 4 and [p["step"] for p in results["learning_curve"]] == [2, 4]
+    best = trained / "best"
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in best.iterdir()}
+    card = (best / "README.md").read_text()
+    assert "pipeline_tag: object-detection" in card and "model-index" in card and "$" not in card
+    assert json.loads((best / "config.json").read_text())["use_pretrained_backbone"] is False
+    checkpoints = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert checkpoints == ["step_2", "step_4"]
+    assert (trained / "sample_prediction.jpg").is_file()
+
+
+def test_best_model_works_in_the_pipeline(trained, data_dir):
+    import detr_lite  # noqa: F401
+    from transformers import pipeline
+
+    detector = pipeline("object-detection", model=str(trained / "best"))
+    detections = detector(str(next((data_dir / "val").iterdir())), threshold=0.0)
+    assert detections and {"score", "label", "box"} <= set(detections[0])
+
+
+def test_resume_from_latest_continues_at_the_saved_step(preset, data_dir, tmp_path):
+    train(preset, data_dir, tmp_path, "--max_train_steps", "2")
+    state = json.loads((tmp_path / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    # An interrupted save leaves only a partial folder, which `latest` must ignore.
+    (tmp_path / "checkpoints" / ".partial-step_3").mkdir()
+    result = train(preset, data_dir, tmp_path, "--resume_from_checkpoint", "latest")
+    assert "Resumed from" in result.stderr and "at step 2" in result.stderr
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["train_steps"] == 4
+
+
+def test_bad_arguments_fail_clearly(preset, data_dir, tmp_path):
+    result = run_script("run_detection.py", "--config", str(preset), "--data_dir", str(tmp_path / "missing"),
+                        "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    result = run_script("run_detection.py", "--config", str(preset), "--data_dir", str(data_dir),
+                        "--val_split", "nope", "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode != 0 and "nope" in result.stderr
+    result = run_script("run_detection.py", "--config", str(preset), "--data_dir", str(data_dir), "--push_to_hub",
+                        "--hub_model_id", "me/x", "--output_dir", str(tmp_path / "out"), check=False, timeout=120)
+    assert result.returncode != 0 and "push_to_hub" in result.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()  # failed before training started
+
+
+def test_evaluate_script_model_and_predictions_agree(trained, data_dir, tmp_path):
+    run_script("evaluate.py", "--model", str(trained / "best"), "--data_dir", str(data_dir), "--split", "val",
+               "--output", str(tmp_path / "metrics.json"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(json.loads((trained / "best" / "eval_results.json").read_text())["AP"])
+    assert set(metrics["per_class_AP"]) == set(json.loads((trained / "best" / "config.json").read_text())[
+        "id2label"].values())
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in json.loads((data_dir / "annotations" / "instances_val.json").read_text())["annotations"]]
+    (tmp_path / "perfect.json").write_text(json.dumps(perfect))
+    run_script("evaluate.py", "--predictions", str(tmp_path / "perfect.json"), "--data_dir", str(data_dir),
+               "--split", "val", "--output", str(tmp_path / "perfect_metrics.json"))
+    assert json.loads((tmp_path / "perfect_metrics.json").read_text())["AP"] == pytest.approx(1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_on_one_host(preset, data_dir, tmp_path):
+    """`accelerate launch --num_machines 2` as two real launchers (ranks 0 and 1) talking over 127.0.0.1."""
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+             "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+             "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+             str(SCRIPTS / "run_detection.py"), "--config", str(preset), "--data_dir", str(data_dir),
+             "--output_dir", str(tmp_path), "--max_train_steps", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for rank in (0, 1)
+    ]
+    outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
+    assert all(launcher.returncode == 0 for launcher in launchers), "\n".join(o[-3000:] for o in outputs)
+    assert "steps of 2 x 2 images" in outputs[0]  # per-device batch x 2 processes
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["train_steps"] == 2 and results["train_images_seen"] == 2 * 2 * 2
