@@ -29,6 +29,8 @@ class DeTRLiteConfig(PreTrainedConfig):
     freeze_batch_norm: bool = True  # DETR trains with batch size ~2/GPU: BN statistics would be noise
     trainable_backbone_layers: int = 3  # last k feature stages train; DETR trains ResNet layer2-4 only
     dilation: bool = False  # DC5: dilate the last stage (stride 16) for small objects, 4x encoder cost
+    backbone_feature_index: int = -1  # feature stage fed to the transformer: -1 = last (DETR); -2 = one
+    # stage earlier (stride 16 on a ResNet): cheaper and finer, for small inputs such as the CPU quickstart
     # Transformer
     d_model: int = 256
     encoder_layers: int = 6
@@ -78,6 +80,9 @@ class DeTRLiteConfig(PreTrainedConfig):
         for field in ("encoder_layers", "decoder_layers", "trainable_backbone_layers"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 0:
                 fail(field, f"must be a non-negative integer, got {getattr(self, field)!r}.")
+        if not isinstance(self.backbone_feature_index, int) or self.backbone_feature_index >= 0:
+            fail("backbone_feature_index", f"must be a negative stage index (-1 = last), got "
+                 f"{self.backbone_feature_index!r}.")
         if self.decoder_layers < 1:
             fail("decoder_layers", "at least one decoder layer is needed to produce predictions.")
         for field in ("encoder_attention_heads", "decoder_attention_heads"):

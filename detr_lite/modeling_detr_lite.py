@@ -108,7 +108,7 @@ def _skip_pretrained_download() -> bool:
 
 
 class DeTRLiteBackbone(nn.Module):
-    """A timm feature extractor returning its last (stride 32, or 16 with DC5) feature map.
+    """A timm feature extractor returning one feature map: by default its last (stride 32, or 16 with DC5).
 
     Batch norm is frozen (timm's conversion) because DETR's per-device batches are too small for
     useful statistics, and only the last `trainable_backbone_layers` stages train, as in DETR.
@@ -117,7 +117,7 @@ class DeTRLiteBackbone(nn.Module):
     def __init__(self, config: DeTRLiteConfig):
         super().__init__()
         load_pretrained = config.use_pretrained_backbone and not _skip_pretrained_download()
-        kwargs = {"features_only": True, "out_indices": (-1,)}
+        kwargs = {"features_only": True, "out_indices": (config.backbone_feature_index,)}
         if config.dilation:
             kwargs["output_stride"] = 16
         if load_pretrained:

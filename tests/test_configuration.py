@@ -65,3 +65,19 @@ def test_r50_preset_is_the_documented_default():
         assert getattr(config, field) == getattr(defaults, field), field
     assert preset["training"]["learning_rate"] == 1e-4 and preset["training"]["backbone_learning_rate"] == 1e-5
     assert preset["training"]["max_grad_norm"] == 0.1 and preset["training"]["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize("name", ["accelerate_cpu_2proc", "accelerate_1gpu", "accelerate_multigpu",
+                                  "accelerate_multinode"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(PRESETS / f"{name}.yaml"))
+    assert config.num_processes >= 1 and config.num_machines >= 1
+
+
+def test_quickstart_preset_builds_a_valid_model_config():
+    preset = json.loads((PRESETS / "detr_lite_quickstart.json").read_text())
+    config = DeTRLiteConfig(**preset["model"])
+    assert not config.use_pretrained_backbone and not config.freeze_batch_norm  # trains from scratch offline
+    assert config.image_size % 32 == 0

@@ -246,3 +246,12 @@ def test_full_size_r50_preset_forward():
         out = model(torch.randn(1, 3, 640, 640))
     assert out.logits.shape == (1, 100, config.num_labels + 1)
     assert out.encoder_last_hidden_state.shape == (1, 400, 256)
+
+
+def test_earlier_backbone_stage_gives_a_finer_feature_map():
+    model = DeTRLiteModel(tiny_config(backbone_feature_index=-2)).eval()
+    assert model.backbone.num_channels == 256  # resnet18 layer3
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+    assert out.encoder_last_hidden_state.shape[1] == (128 // 16) ** 2
+    assert not hasattr(model.backbone.body, "layer4")  # later stages are not even built
