@@ -46,6 +46,31 @@ def random_labels(batch: int, num_labels: int = 3, max_boxes: int = 4, generator
     return labels
 
 
+def labels_with_counts(seed: int, counts: list[int], num_classes: int) -> list[dict[str, torch.Tensor]]:
+    """One label dict per entry of `counts`, with that many random boxes inside the image."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    return [
+        {
+            "class_labels": torch.randint(0, num_classes, (n,), generator=generator),
+            "boxes": torch.cat([0.2 + 0.6 * torch.rand(n, 2, generator=generator),
+                                0.05 + 0.35 * torch.rand(n, 2, generator=generator)], dim=-1),
+        }
+        for n in counts
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random DeTR-Lite model and its processor, saved as training would save them."""
+    from detr_lite import DeTRLiteForObjectDetection, DeTRLiteImageProcessor
+
+    folder = tmp_path_factory.mktemp("detr_lite_tiny")
+    torch.manual_seed(0)
+    DeTRLiteForObjectDetection(tiny_config()).save_pretrained(folder)
+    DeTRLiteImageProcessor(size=128).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model():
     from detr_lite import DeTRLiteForObjectDetection

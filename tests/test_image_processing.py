@@ -1,6 +1,5 @@
 """Tests for detr_lite/image_processing_detr_lite.py: DeTRLiteImageProcessor."""
 
-import io
 from dataclasses import dataclass
 
 import numpy as np

@@ -6,6 +6,7 @@ import torch.distributed as dist
 import transformers
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
+from conftest import labels_with_counts
 from detr_lite.configuration_detr_lite import DeTRLiteConfig
 from detr_lite.loss_detr_lite import DeTRLiteLoss
 
@@ -28,15 +29,7 @@ def random_outputs(seed: int, requires_grad: bool = False) -> tuple[torch.Tensor
 
 
 def random_labels(seed: int, counts: list[int]) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    return [
-        {
-            "class_labels": torch.randint(0, CLASSES, (n,), generator=generator),
-            "boxes": torch.cat([0.2 + 0.6 * torch.rand(n, 2, generator=generator),
-                                0.05 + 0.35 * torch.rand(n, 2, generator=generator)], dim=-1),
-        }
-        for n in counts
-    ]
+    return labels_with_counts(seed, counts, CLASSES)
 
 
 def our_loss(config, logits, boxes, labels):

@@ -7,6 +7,7 @@ from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert
 from torchvision.ops import generalized_box_iou as tv_generalized_box_iou
 
+from conftest import labels_with_counts
 from detr_lite.loss_detr_lite import HungarianMatcher
 
 LAYERS, BATCH, QUERIES, CLASSES = 2, 4, 20, 7
@@ -21,15 +22,7 @@ def random_outputs(seed: int, layers: int = LAYERS) -> tuple[torch.Tensor, torch
 
 
 def random_labels(seed: int, counts: list[int]) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    return [
-        {
-            "class_labels": torch.randint(0, CLASSES, (n,), generator=generator),
-            "boxes": torch.cat([0.2 + 0.6 * torch.rand(n, 2, generator=generator),
-                                0.05 + 0.35 * torch.rand(n, 2, generator=generator)], dim=-1),
-        }
-        for n in counts
-    ]
+    return labels_with_counts(seed, counts, CLASSES)
 
 
 def random_counts(seed: int) -> list[int]:

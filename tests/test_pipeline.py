@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
 
-from conftest import TINY_MODEL, tiny_config
+from conftest import TINY_MODEL
 from detr_lite import DeTRLiteForObjectDetection, DeTRLiteImageProcessor
 
 NAMES = set(TINY_MODEL["id2label"].values())
@@ -21,15 +21,6 @@ class _Records(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("detr_lite_tiny")
-    torch.manual_seed(0)
-    DeTRLiteForObjectDetection(tiny_config()).save_pretrained(folder)
-    DeTRLiteImageProcessor(size=128).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-from conftest import TINY_MODEL, tiny_config
-from detr_lite import DeTRLiteForObjectDetection, DeTRLiteImageProcessor
+from conftest import TINY_MODEL
 from scripts_helpers import SCRIPTS, run_script
 
 ID2LABEL = TINY_MODEL["id2label"]
@@ -21,15 +20,6 @@ def load_predict_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("detr_lite_tiny")
-    torch.manual_seed(0)
-    DeTRLiteForObjectDetection(tiny_config()).save_pretrained(folder)
-    DeTRLiteImageProcessor(size=128).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
