@@ -255,3 +255,12 @@ def test_earlier_backbone_stage_gives_a_finer_feature_map():
         out = model(torch.randn(1, 3, 128, 128))
     assert out.encoder_last_hidden_state.shape[1] == (128 // 16) ** 2
     assert not hasattr(model.backbone.body, "layer4")  # later stages are not even built
+
+
+def test_predictions_do_not_depend_on_the_rest_of_the_batch(tiny_model):
+    pixel_values, pixel_mask = padded_batch(batch=3)
+    with torch.no_grad():
+        together = tiny_model(pixel_values, pixel_mask)
+        alone = tiny_model(pixel_values[2:], pixel_mask[2:])
+    torch.testing.assert_close(together.logits[2:], alone.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.pred_boxes[2:], alone.pred_boxes, atol=1e-5, rtol=1e-4)

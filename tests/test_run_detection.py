@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from scripts_helpers import SCRIPTS, run_script
 
 from detr_lite.data.synthetic import make_synthetic_dataset
@@ -48,7 +49,7 @@ def train(preset: Path, data_dir: Path, output_dir: Path, *extra: str):
 @pytest.fixture(scope="module")
 def trained(preset, data_dir, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("run")
-    train(preset, data_dir, output_dir)
+    train(preset, data_dir, output_dir, "--with_tracking", "--report_to", "tensorboard")
     return output_dir
 
 
@@ -66,6 +67,7 @@ def test_training_writes_results_best_model_card_and_checkpoints(trained):
     checkpoints = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert checkpoints == ["step_2", "step_4"]
     assert (trained / "sample_prediction.jpg").is_file()
+    assert list(trained.glob("detr_lite/events.out.tfevents.*")), "TensorBoard logs missing"
 
 
 def test_best_model_works_in_the_pipeline(trained, data_dir):
@@ -77,16 +79,33 @@ def test_best_model_works_in_the_pipeline(trained, data_dir):
     assert detections and {"score", "label", "box"} <= set(detections[0])
 
 
-def test_resume_from_latest_continues_at_the_saved_step(preset, data_dir, tmp_path):
-    train(preset, data_dir, tmp_path, "--max_train_steps", "2")
-    state = json.loads((tmp_path / "checkpoints" / "step_2" / "trainer_state.json").read_text())
-    assert state["step"] == 2
+def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
+    """2 steps, then resume for 2 more == 4 steps straight: model, optimizer, scheduler, EMA, RNG and the
+    position in the epoch are all restored."""
+    from safetensors.torch import load_file
+
+    ema = ("--ema_decay", "0.5")
+    train(preset, data_dir, tmp_path / "straight", *ema)
+    train(preset, data_dir, tmp_path / "resumed", "--max_train_steps", "2", *ema)
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["batch_in_epoch"] == 2  # 8 images / batch 2: mid-epoch
     # An interrupted save leaves only a partial folder, which `latest` must ignore.
-    (tmp_path / "checkpoints" / ".partial-step_3").mkdir()
-    result = train(preset, data_dir, tmp_path, "--resume_from_checkpoint", "latest")
+    (tmp_path / "resumed" / "checkpoints" / ".partial-step_3").mkdir()
+    result = train(preset, data_dir, tmp_path / "resumed", "--resume_from_checkpoint", "latest", *ema)
     assert "Resumed from" in result.stderr and "at step 2" in result.stderr
-    results = json.loads((tmp_path / "all_results.json").read_text())
-    assert results["train_steps"] == 4
+    assert json.loads((tmp_path / "resumed" / "all_results.json").read_text())["train_steps"] == 4
+    straight = load_file(tmp_path / "straight" / "checkpoints" / "step_4" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "checkpoints" / "step_4" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+    # The EMA is the second object registered for checkpointing (after the scheduler).
+    straight_ema = torch.load(tmp_path / "straight" / "checkpoints" / "step_4" / "custom_checkpoint_1.pkl",
+                              weights_only=True)
+    resumed_ema = torch.load(tmp_path / "resumed" / "checkpoints" / "step_4" / "custom_checkpoint_1.pkl",
+                             weights_only=True)
+    assert int(straight_ema["n_averaged"]) == int(resumed_ema["n_averaged"]) == 4
+    for name, tensor in straight_ema.items():
+        torch.testing.assert_close(resumed_ema[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_bad_arguments_fail_clearly(preset, data_dir, tmp_path):

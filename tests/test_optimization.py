@@ -1,0 +1,49 @@
+"""DETR's optimiser groups and learning-rate schedules."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from detr_lite import DeTRLiteForObjectDetection
+from detr_lite.optimization import build_scheduler, lr_lambda, parameter_groups
+
+
+def test_backbone_gets_its_own_rate_and_norms_biases_no_decay():
+    model = DeTRLiteForObjectDetection(tiny_config(freeze_batch_norm=False))
+    groups = parameter_groups(model, learning_rate=1e-4, backbone_learning_rate=1e-5, weight_decay=1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            assert group["lr"] == (1e-5 if name.startswith("model.backbone.") else 1e-4), name
+            assert group["weight_decay"] == (1e-4 if parameter.ndim > 1 else 0.0), name
+    grouped = sum(len(g["params"]) for g in groups)
+    assert grouped == sum(1 for p in model.parameters() if p.requires_grad)  # every trainable one, once
+    frozen = dict(model.named_parameters())["model.backbone.body.conv1.weight"]
+    assert not any(frozen is p for g in groups for p in g["params"])  # frozen stem stays out
+
+
+def test_schedules():
+    assert [lr_lambda(s, "step", 2, 10, drop_step=5) for s in (0, 1, 4, 5, 9)] == [0.5, 1.0, 1.0, 0.1, 0.1]
+    assert lr_lambda(2, "cosine", 2, 10, None) == pytest.approx(1.0)
+    assert lr_lambda(6, "cosine", 2, 10, None) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_lambda(10, "cosine", 2, 10, None) == pytest.approx(0.0)
+    assert lr_lambda(7, "constant", 0, 10, None) == 1.0
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        lr_lambda(0, "linear-ish", 0, 10, None)
+
+
+def test_scheduler_state_round_trip_resumes_the_same_rate():
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    scheduler = build_scheduler(optimizer, "cosine", 3, 20)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    saved = scheduler.state_dict()
+    fresh_optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    restored = build_scheduler(fresh_optimizer, "cosine", 3, 20)
+    restored.load_state_dict(saved)
+    assert restored.get_last_lr() == pytest.approx(scheduler.get_last_lr())
