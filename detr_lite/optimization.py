@@ -52,3 +52,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, scheduler_type: str, warmu
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_lambda(step, scheduler_type, warmup_steps, total_steps, drop_step)
     )
+
+
+def apply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set every group's learning rate from the schedule at the scheduler's current step.
+
+    After resuming, the optimizer holds the rate the interrupted run had; when the run is resumed with
+    other settings (e.g. a larger --max_train_steps), the rate must follow the new schedule from here on.
+    """
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)

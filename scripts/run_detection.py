@@ -8,6 +8,7 @@ A preset (`--config`) gives the model ("model") and the recipe ("training", "dat
 """
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -26,12 +27,12 @@ from tqdm.auto import tqdm
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
 from detr_lite.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
-from detr_lite.data import DetectionCollator, load_detection_dataset, train_transforms
+from detr_lite.data import DetectionCollator, SeededAugmentation, load_detection_dataset, train_transforms
 from detr_lite.data.synthetic import make_synthetic_dataset
 from detr_lite.evaluation import coco_evaluate, format_metrics_table, voc_map50
 from detr_lite.inference import predict_dataset
 from detr_lite.model_card import write_model_card
-from detr_lite.optimization import build_scheduler, parameter_groups
+from detr_lite.optimization import apply_schedule, build_scheduler, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configuration" / "detr_lite_quickstart.json"
@@ -153,14 +154,14 @@ def every(value: str | int, name: str) -> int | None:
     return steps
 
 
-def load_data(args: argparse.Namespace, data_preset: dict, image_size: int):
+def load_data(args: argparse.Namespace, data_preset: dict):
     if args.data_dir is None:
         args.data_dir = str(make_synthetic_dataset(
             data_preset.get("synthetic_dir", "data/synthetic"), num_train=data_preset.get("num_train", 2000),
             num_val=data_preset.get("num_val", 200), seed=data_preset.get("seed", 0), progress=True,
         ))
     try:
-        train = load_detection_dataset(args.data_dir, args.train_split, transform=train_transforms(image_size))
+        train = load_detection_dataset(args.data_dir, args.train_split)
         val = load_detection_dataset(args.data_dir, args.val_split)
     except ValueError as error:
         raise SystemExit(str(error)) from error
@@ -264,15 +265,15 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--output_dir {output_dir} is not writable.")
     set_seed(args.seed)
 
-    image_size = model_preset.get("image_size", 640)
     with accelerator.main_process_first():  # the synthetic set is generated once, by the main process
-        train, val = load_data(args, data_preset, image_size)
+        train, val = load_data(args, data_preset)
     model = build_model(args, model_preset, train.id2label)
     processor = DeTRLiteImageProcessor(size=model.config.image_size)
     collator = DetectionCollator(processor)
-    train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
-                              collate_fn=collator, num_workers=args.dataloader_num_workers,
-                              persistent_workers=args.dataloader_num_workers > 0)
+    augmented = SeededAugmentation(train, functools.partial(train_transforms, model.config.image_size), args.seed)
+    # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
+    train_loader = DataLoader(augmented, batch_size=args.per_device_train_batch_size, shuffle=True,
+                              drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                    args.weight_decay))
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
         state.update(load_checkpoint(accelerator, checkpoint))
+        apply_schedule(scheduler)
         logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, state["step"], state["epoch"],
                     state["batch_in_epoch"])
 
@@ -340,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(state["epoch"], num_epochs):
         state["epoch"] = epoch
         train_loader.set_epoch(epoch)
+        augmented.set_epoch(epoch)
         loader = train_loader
         if state["batch_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])

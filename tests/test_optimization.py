@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 
 from detr_lite import DeTRLiteForObjectDetection
-from detr_lite.optimization import build_scheduler, lr_lambda, parameter_groups
+from detr_lite.optimization import apply_schedule, build_scheduler, lr_lambda, parameter_groups
 
 
 def test_backbone_gets_its_own_rate_and_norms_biases_no_decay():
@@ -47,3 +47,17 @@ def test_scheduler_state_round_trip_resumes_the_same_rate():
     restored = build_scheduler(fresh_optimizer, "cosine", 3, 20)
     restored.load_state_dict(saved)
     assert restored.get_last_lr() == pytest.approx(scheduler.get_last_lr())
+
+
+def test_apply_schedule_follows_new_settings_after_a_resume():
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    short = build_scheduler(optimizer, "cosine", 0, 4)
+    for _ in range(2):
+        optimizer.step()
+        short.step()
+    longer = build_scheduler(torch.optim.AdamW([parameter], lr=1.0), "cosine", 0, 8)
+    longer.optimizer.load_state_dict(optimizer.state_dict())  # the rate the short run left: cos at 2/4
+    longer.load_state_dict(short.state_dict())
+    apply_schedule(longer)
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(lr_lambda(2, "cosine", 0, 8, None))

@@ -166,3 +166,28 @@ def test_eval_transforms_are_the_identity():
     sample = marked_sample((50, 30), (5, 8, 10, 4))
 
     assert eval_transforms()(sample) is sample
+
+
+def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
+    import copy
+    import functools
+
+    from detr_lite.data import SeededAugmentation, train_transforms
+
+    images = [{"image_id": i, "image": Image.new("RGB", (200 + 10 * i, 150), (i, 0, 0)),
+               "boxes": np.array([[20.0, 30.0, 60.0, 40.0]], dtype=np.float32), "class_labels": np.array([i % 3]),
+               "iscrowd": np.zeros(1, dtype=np.int64), "difficult": np.zeros(1, dtype=bool)} for i in range(6)]
+
+    class Listing(list):
+        def __getitem__(self, index):  # a fresh copy each time, as a dataset reading from disk gives
+            sample = super().__getitem__(index)
+            return {**sample, "boxes": sample["boxes"].copy()}
+
+    augmented = SeededAugmentation(Listing(images), functools.partial(train_transforms, 128), seed=7)
+    forward = [augmented[i]["boxes"].tolist() for i in range(6)]
+    backward = [augmented[i]["boxes"].tolist() for i in reversed(range(6))][::-1]
+    assert forward == backward  # order of access (prefetching, workers) does not matter
+    worker_copy = copy.deepcopy(augmented)  # what a DataLoader worker holds
+    assert [worker_copy[i]["boxes"].tolist() for i in range(6)] == forward
+    augmented.set_epoch(1)
+    assert [augmented[i]["boxes"].tolist() for i in range(6)] != forward  # a new epoch, new augmentations

@@ -12,6 +12,7 @@ from .transforms import (
     RandomResize,
     RandomSelect,
     RandomSizeCrop,
+    SeededAugmentation,
     eval_transforms,
     train_transforms,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RandomSelect",
     "RandomSizeCrop",
     "Sample",
+    "SeededAugmentation",
     "available_splits",
     "detect_layout",
     "eval_transforms",

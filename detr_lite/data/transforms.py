@@ -23,9 +23,8 @@ left with zero width or height are dropped together with their labels, iscrowd a
 flags (as DETR's crop does).
 
 Randomness: each transform draws from the ``random.Random`` passed as ``rng``, else from Python's
-global ``random`` module. PyTorch reseeds the global module in every DataLoader worker, so leave
-``rng`` as None when training with workers: an rng object is copied into each worker with the
-same state, and all workers would draw the same augmentations.
+global ``random`` module. Training wraps the dataset in :class:`SeededAugmentation`, which reseeds one
+rng per sample from (seed, epoch, index), so augmentation is reproducible across workers and resumes.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
 
 from .base import Sample, clip_boxes, select_boxes
 
@@ -181,3 +181,30 @@ def train_transforms(image_size: int = 640, rng: random.Random | None = None) ->
 def eval_transforms() -> Compose:
     """The evaluation transform: none (the image processor does all resizing)."""
     return Compose([])
+
+
+class SeededAugmentation(Dataset):
+    """A dataset view whose augmentation of sample ``i`` in epoch ``e`` is drawn from an RNG seeded by
+    ``(seed, e, i)``.
+
+    Augmentation then depends on nothing else: not on the DataLoader worker, not on batches prefetched
+    before a checkpoint, not on the process count. A run resumed mid-epoch sees exactly the samples
+    the uninterrupted run would have seen. Call :meth:`set_epoch` before each epoch (with workers that
+    are re-created per epoch, so they see it).
+    """
+
+    def __init__(self, dataset: Dataset, transform_factory: Callable[[random.Random], Callable[[Sample], Sample]],
+                 seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self._rng = random.Random()
+        self._transform = transform_factory(self._rng)  # every step of it draws from self._rng
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        self._rng.seed(f"{self.seed}:{self.epoch}:{index}")
+        return self._transform(self.dataset[index])
