@@ -54,6 +54,7 @@ DEFAULTS = {
     "num_warmup_steps": 0,
     "lr_drop_epochs": None,
     "ema_decay": 0.0,
+    "augmentation": "detr",
     "eval_every": "epoch",
     "checkpointing_steps": "epoch",
     "checkpoints_total_limit": 2,
@@ -85,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--num_warmup_steps", type=int)
     add("--lr_drop_epochs", type=int, help="step scheduler: epoch at which the learning rate drops x0.1")
     add("--ema_decay", type=float, help="keep an exponential moving average of the weights (0 = off)")
+    add("--augmentation", choices=("detr", "flip"), help="detr: flip + multi-scale + crop; flip: flip only")
     add("--eval_every", help="'epoch', or a number of steps")
     add("--checkpointing_steps", help="'epoch', or a number of steps")
     add("--checkpoints_total_limit", type=int, help="keep the last N checkpoints")
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args, model_preset, train.id2label)
     processor = DeTRLiteImageProcessor(size=model.config.image_size)
     collator = DetectionCollator(processor)
-    augmented = SeededAugmentation(train, functools.partial(train_transforms, model.config.image_size), args.seed)
+    augmented = SeededAugmentation(train, functools.partial(
+        train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
     # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
     train_loader = DataLoader(augmented, batch_size=args.per_device_train_batch_size, shuffle=True,
                               drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers)

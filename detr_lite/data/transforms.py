@@ -149,17 +149,23 @@ class RandomSizeCrop:
         return _with_geometry(sample, image.crop((left, top, left + width, top + height)), boxes)
 
 
-def train_transforms(image_size: int = 640, rng: random.Random | None = None) -> Compose:
+def train_transforms(image_size: int = 640, rng: random.Random | None = None, policy: str = "detr") -> Compose:
     """DETR's training augmentation for a ``image_size`` canvas (see the module docstring).
 
     Args:
         image_size: The image processor's canvas size.
-        rng: Source of randomness; None uses the global ``random`` module (right for DataLoader workers).
+        rng: Source of randomness; None uses the global ``random`` module.
+        policy: "detr" (flip + multi-scale + random crop) or "flip" (horizontal flip only: for very short
+            runs, where scale and crop augmentation slow learning more than they help).
 
     Returns:
         A transform from an internal sample to an augmented internal sample whose longest side is
         ``image_size``.
     """
+    if policy == "flip":
+        return Compose([RandomHorizontalFlip(rng=rng)])
+    if policy != "detr":
+        raise ValueError(f"augmentation policy must be 'detr' or 'flip', got {policy!r}.")
     scales = [round(image_size * (0.6 + 0.05 * step)) for step in range(9)]  # 384..640 step 32 at 640
     k = image_size / _DETR_CANVAS
     pre_crop = [round(size * k) for size in (400, 500, 600)]
