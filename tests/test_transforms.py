@@ -191,3 +191,17 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
     assert [worker_copy[i]["boxes"].tolist() for i in range(6)] == forward
     augmented.set_epoch(1)
     assert [augmented[i]["boxes"].tolist() for i in range(6)] != forward  # a new epoch, new augmentations
+
+
+def test_flip_policy_keeps_the_geometry_and_unknown_policies_are_rejected():
+    sample = {"image_id": 1, "image": Image.new("RGB", (300, 200)), "class_labels": np.array([0]),
+              "boxes": np.array([[10.0, 20.0, 30.0, 40.0]], dtype=np.float32),
+              "iscrowd": np.zeros(1, dtype=np.int64), "difficult": np.zeros(1, dtype=bool)}
+    sizes = set()
+    for seed in range(8):
+        out = train_transforms(128, random.Random(seed), policy="flip")(dict(sample, boxes=sample["boxes"].copy()))
+        assert out["image"].size == (300, 200)
+        sizes.add(tuple(out["boxes"][0].tolist()))
+    assert sizes == {(10.0, 20.0, 30.0, 40.0), (260.0, 20.0, 30.0, 40.0)}
+    with pytest.raises(ValueError, match="policy"):
+        train_transforms(128, policy="mosaic")
