@@ -1,13 +1,15 @@
 """Run a detector over a dataset split and collect COCO-format results (shared by training and evaluate.py)."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .data import DetectionCollator, DetectionDataset
-from .evaluation import predictions_to_coco
+from .data import DetectionCollator, DetectionDataset, detect_layout
+from .data.voc import VOC_LAYOUT
+from .evaluation import coco_evaluate, predictions_to_coco, voc_map50
 
 
 @torch.inference_mode()
@@ -47,3 +49,14 @@ def predict_dataset(
         results.extend(predictions_to_coco(detections, image_ids, dataset.label_to_category_id))
     model.train(was_training)
     return results
+
+
+def score_predictions(dataset: DetectionDataset, predictions: list[dict], data_dir: str | Path) -> dict:
+    """The 12 COCO numbers and per-class AP; for Pascal VOC data (or any with `difficult` objects) also VOC's
+    mAP@0.5 under `VOC_mAP50`."""
+    ground_truth = dataset.to_coco_dict()
+    metrics = coco_evaluate(ground_truth, predictions)
+    is_voc = detect_layout(data_dir) is VOC_LAYOUT or any(record.difficult.any() for record in dataset.records)
+    if is_voc:
+        metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)
+    return metrics

@@ -13,8 +13,8 @@ import torch
 
 import detr_lite  # noqa: F401  (registers the Auto classes)
 from detr_lite.data import load_detection_dataset
-from detr_lite.evaluation import coco_evaluate, format_metrics_table, voc_map50
-from detr_lite.inference import predict_dataset
+from detr_lite.evaluation import format_metrics_table
+from detr_lite.inference import predict_dataset, score_predictions
 
 
 def load_predictions(path: Path) -> list[dict]:
@@ -64,13 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
         predictions = load_predictions(args.predictions)
     else:
         predictions = model_predictions(args.model, dataset, args.batch_size, args.device)
-    ground_truth = dataset.to_coco_dict()
     try:
-        metrics = coco_evaluate(ground_truth, predictions)
+        metrics = score_predictions(dataset, predictions, args.data_dir)
     except ValueError as error:
         raise SystemExit(f"{args.predictions or args.model}: {error}") from error
-    if any(record.difficult.any() for record in dataset.records):
-        metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)
     print(format_metrics_table(metrics))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageP
 from detr_lite.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 from detr_lite.data import DetectionCollator, SeededAugmentation, load_detection_dataset, train_transforms
 from detr_lite.data.synthetic import make_synthetic_dataset
-from detr_lite.evaluation import coco_evaluate, format_metrics_table, voc_map50
-from detr_lite.inference import predict_dataset
+from detr_lite.evaluation import format_metrics_table
+from detr_lite.inference import predict_dataset, score_predictions
 from detr_lite.model_card import write_model_card
 from detr_lite.optimization import apply_schedule, build_scheduler, parameter_groups
 
@@ -203,10 +203,7 @@ def evaluate(accelerator: Accelerator, model, processor, val, args) -> dict:
     predictions = gather_object(predictions) if accelerator.num_processes > 1 else predictions
     metrics = {}
     if accelerator.is_main_process:
-        ground_truth = val.to_coco_dict()
-        metrics = coco_evaluate(ground_truth, predictions)
-        if any(record.difficult.any() for record in val.records):
-            metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)
+        metrics = score_predictions(val, predictions, args.data_dir)
     return metrics
 
 

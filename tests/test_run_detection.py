@@ -161,3 +161,18 @@ def test_two_machines_on_one_host(preset, data_dir, tmp_path):
     assert "steps of 2 x 2 images" in outputs[0]  # per-device batch x 2 processes
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert results["train_steps"] == 2 and results["train_images_seen"] == 2 * 2 * 2
+
+
+def test_evaluate_reports_voc_map_on_voc_data(data_dir, tmp_path):
+    from detr_lite.data import load_detection_dataset
+
+    run_script("convert_dataset.py", "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "voc"),
+               "--to", "voc")
+    ground_truth = load_detection_dataset(tmp_path / "voc", "val").to_coco_dict()
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in ground_truth["annotations"]]
+    (tmp_path / "perfect.json").write_text(json.dumps(perfect))
+    run_script("evaluate.py", "--predictions", str(tmp_path / "perfect.json"), "--data_dir", str(tmp_path / "voc"),
+               "--split", "val", "--output", str(tmp_path / "metrics.json"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["VOC_mAP50"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
