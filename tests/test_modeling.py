@@ -170,7 +170,10 @@ def test_auto_classes_load_a_saved_model(tiny_model, tmp_path):
 
 
 def test_trust_remote_code_load_without_the_package(tiny_model, tmp_path):
+    from detr_lite import DeTRLiteImageProcessor
+
     tiny_model.save_pretrained(tmp_path)
+    DeTRLiteImageProcessor(size=128, resize_mode="stretch").save_pretrained(tmp_path)
     pixel_values, pixel_mask = padded_batch()
     with torch.no_grad():
         expected = tiny_model(pixel_values, pixel_mask).logits
@@ -186,6 +189,10 @@ def test_trust_remote_code_load_without_the_package(tiny_model, tmp_path):
         with torch.no_grad():
             logits = model(io["pixel_values"], io["pixel_mask"]).logits
         assert torch.equal(logits, io["expected"]), (logits - io["expected"]).abs().max()
+        from transformers import AutoImageProcessor
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        assert processor.resize_mode == "stretch"
         print("REMOTE-OK", type(model).__module__)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
