@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
-from detr_lite.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from detr_lite.checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from detr_lite.data import DetectionCollator, SeededAugmentation, load_detection_dataset, train_transforms
 from detr_lite.data.synthetic import make_synthetic_dataset
 from detr_lite.evaluation import format_metrics_table
@@ -38,6 +39,15 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configuration" / "detr_lite_quickstart.json"
 R50 = REPO / "configuration" / "detr_lite_r50.json"
 logger = logging.getLogger("run_detection")
+EPILOG = """faults:
+  A step whose loss is NaN or inf is skipped (no update) and logged; after --max_consecutive_nonfinite such
+  steps in a row the run stops with exit status 1, keeping the last checkpoint written before the divergence.
+
+  SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) stops training after the current step, saves a
+  checkpoint and exits with status 128 + the signal number: 130 for SIGINT, 143 for SIGTERM (the shell's
+  convention, so a job script can tell "interrupted, resumable" from "finished"). Further signals are ignored
+  until the checkpoint is written. Continue with --resume_from_checkpoint latest.
+"""
 
 # Recipe defaults when neither the preset nor a flag sets them (DETR's values).
 DEFAULTS = {
@@ -65,7 +75,8 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--config", help="preset JSON (default: quickstart without --data_dir, else detr_lite_r50)")
     add("--data_dir", help="dataset folder (COCO, VOC or Hugging Face layout); default: built-in synthetic set")
@@ -91,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpointing_steps", help="'epoch', or a number of steps")
     add("--checkpoints_total_limit", type=int, help="keep the last N checkpoints")
     add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    add("--max_consecutive_nonfinite", type=int, default=5,
+        help="stop when this many steps in a row have a NaN/inf loss (each is skipped); default 5")
     add("--dataloader_num_workers", type=int)
     add("--max_train_samples", type=int)
     add("--max_eval_samples", type=int)
@@ -154,6 +167,56 @@ def every(value: str | int, name: str) -> int | None:
     if steps < 1:
         raise SystemExit(f"--{name} must be at least 1, got {steps}.")
     return steps
+
+
+class StopSignal:
+    """SIGINT/SIGTERM only record the signal; the training loop stops at the end of the step and checkpoints.
+
+    Later signals are ignored, so a second Ctrl-C cannot kill the process in the middle of that checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _record(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum:
+            logger.warning("%s ignored: already stopping, the checkpoint is being written.", name)
+            return
+        self.signum = signum
+        logger.warning("%s received: finishing this step, then saving a checkpoint and exiting.", name)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM (sent to the whole process group by Ctrl-C or a scheduler), so
+    the batches of the step being finished still arrive; workers exit when the main process does."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def training_loss(model, batch: dict) -> torch.Tensor:
+    """The batch's loss, or NaN when the matcher reports non-finite predictions (a diverged model)."""
+    try:
+        return model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"]).loss
+    except ValueError as error:
+        if "predicted non-finite" not in str(error):
+            raise
+        return torch.full((), float("nan"), device=batch["pixel_values"].device)
+
+
+def diverged_message(streak: int, step: int, output_dir: Path) -> str:
+    kept = list_checkpoints(output_dir)
+    where = (f"The last checkpoint before the divergence is kept: {kept[-1]} (--resume_from_checkpoint latest "
+             "picks it)." if kept else "No checkpoint was written before the divergence.")
+    return (f"Training diverged: the loss was NaN or inf for {streak} steps in a row (steps {step - streak + 1}-"
+            f"{step}); each was skipped, and the run stopped. {where} Try a lower --learning_rate and "
+            "--backbone_learning_rate, more warmup (--num_warmup_steps), gradient clipping (--max_grad_norm 0.1), "
+            "and check the data for broken images or boxes.")
 
 
 def load_data(args: argparse.Namespace, data_preset: dict):
@@ -240,6 +303,8 @@ def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | No
 def main(argv: list[str] | None = None) -> dict:
     args, model_preset, data_preset = resolve_settings(parse_args(argv))
     check_hub_access(args)
+    if args.max_consecutive_nonfinite < 1:
+        raise SystemExit(f"--max_consecutive_nonfinite must be at least 1, got {args.max_consecutive_nonfinite}.")
     eval_every = every(args.eval_every, "eval_every")
     checkpoint_every = every(args.checkpointing_steps, "checkpointing_steps")
     output_dir = Path(args.output_dir)
@@ -273,7 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
     # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
     train_loader = DataLoader(augmented, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers)
+                              drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers,
+                              worker_init_fn=ignore_stop_signals)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                    args.weight_decay))
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -295,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.init_trackers("detr_lite", config=hparams)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_AP": -1.0, "images_seen": 0, "train_time": 0.0,
-             "last_eval_step": -1, "last_checkpoint_step": -1}
+             "last_eval_step": -1, "last_checkpoint_step": -1, "skipped_steps": 0}
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
         state.update(load_checkpoint(accelerator, checkpoint))
@@ -338,6 +404,21 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.wait_for_everyone()
         return result
 
+    def stop_for_signal(signum: int) -> None:
+        progress.close()
+        if not nonfinite_streak and state["last_checkpoint_step"] != state["step"]:
+            checkpoint()
+        kept = list_checkpoints(output_dir)
+        saved = f"latest checkpoint {kept[-1]}" if kept else "no checkpoint"
+        logger.warning("Stopped by %s at step %d of %d (epoch %d, batch %d); %s. Resume with:\n  %s "
+                       "--resume_from_checkpoint latest", signal.Signals(signum).name, state["step"], max_steps,
+                       state["epoch"], state["batch_in_epoch"], saved, command)
+        if args.with_tracking:
+            accelerator.end_training()
+        raise SystemExit(128 + signum)
+
+    stop = StopSignal()
+    nonfinite_streak, step_skipped = 0, False
     model.train()
     for epoch in range(state["epoch"], num_epochs):
         state["epoch"] = epoch
@@ -348,23 +429,42 @@ def main(argv: list[str] | None = None) -> dict:
             loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
         for batch in loader:
             with accelerator.accumulate(model):
-                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"],
-                                labels=batch["labels"])
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+                loss = training_loss(model, batch)
+                # The one host sync of the micro-batch: every process learns whether any loss is non-finite and
+                # whether any received a stop signal, so all skip or stop together and stay in lockstep.
+                flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                                     torch.tensor(float(stop.signum), device=loss.device)])
+                flags = accelerator.gather(flags).view(-1, 2).max(dim=0).values.tolist()
+                nonfinite, signum = flags[0] > 0, int(flags[1])
+                step_skipped |= nonfinite
+                if not nonfinite:
+                    accelerator.backward(loss)
+                if not step_skipped:
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                optimizer.zero_grad()  # at the end of a skipped step this drops its accumulated gradients
             state["batch_in_epoch"] += 1
             state["images_seen"] += len(batch["labels"]) * accelerator.num_processes
-            running_loss += outputs.loss.detach()
+            running_loss += loss.detach()  # a skipped step makes the logged mean NaN, as it should
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
             state["step"] += 1
             progress.update(1)
+            if step_skipped:
+                nonfinite_streak += 1
+                state["skipped_steps"] += 1
+                logger.warning("step %d: the loss is NaN or inf; update skipped (%d in a row, %d in all).",
+                               state["step"], nonfinite_streak, state["skipped_steps"])
+                if nonfinite_streak >= args.max_consecutive_nonfinite:
+                    progress.close()
+                    raise SystemExit(diverged_message(nonfinite_streak, state["step"], output_dir))
+            else:
+                nonfinite_streak = 0
+                if ema is not None:
+                    ema.update_parameters(accelerator.unwrap_model(model))
+            step_skipped = False
             if state["step"] % args.logging_steps == 0:
                 loss = accelerator.reduce(running_loss, "mean").item() / (
                     args.logging_steps * args.gradient_accumulation_steps)
@@ -373,26 +473,30 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.with_tracking:
                     accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[-1]},
                                     step=state["step"])
-            if eval_every and state["step"] % eval_every == 0:
+            # Neither evaluate nor checkpoint weights that give a non-finite loss: `latest` must stay a good one.
+            if eval_every and state["step"] % eval_every == 0 and not nonfinite_streak:
                 metrics = evaluate_and_keep_best()
                 model.train()
-            if checkpoint_every and state["step"] % checkpoint_every == 0:
+            if checkpoint_every and state["step"] % checkpoint_every == 0 and not nonfinite_streak:
                 checkpoint()
+            if signum:
+                stop_for_signal(signum)
             if state["step"] >= max_steps:
                 break
         if state["step"] >= max_steps and state["batch_in_epoch"] < len(train_loader):
             break  # stopped mid-epoch: keep batch_in_epoch for an exact resume
         state["batch_in_epoch"] = 0
         state["epoch"] = epoch + 1
-        if eval_every is None:
+        if eval_every is None and not nonfinite_streak:
             metrics = evaluate_and_keep_best()
             model.train()
-        if checkpoint_every is None:
+        if checkpoint_every is None and not nonfinite_streak:
             checkpoint()
+    stop.restore()
     progress.close()
     if state["last_eval_step"] != state["step"] or not evaluations:
         metrics = evaluate_and_keep_best()
-    if state["last_checkpoint_step"] != state["step"]:
+    if state["last_checkpoint_step"] != state["step"] and not nonfinite_streak:
         checkpoint()
 
     if accelerator.is_main_process:
