@@ -421,6 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     nonfinite_streak, step_skipped = 0, False
     model.train()
     for epoch in range(state["epoch"], num_epochs):
+        if state["step"] >= max_steps:
+            break  # resumed from a finished run: nothing left to train
         state["epoch"] = epoch
         train_loader.set_epoch(epoch)
         augmented.set_epoch(epoch)

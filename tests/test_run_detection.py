@@ -94,6 +94,9 @@ def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
     result = train(preset, data_dir, tmp_path / "resumed", "--resume_from_checkpoint", "latest", *ema)
     assert "Resumed from" in result.stderr and "at step 2" in result.stderr
     assert json.loads((tmp_path / "resumed" / "all_results.json").read_text())["train_steps"] == 4
+    train(preset, data_dir, tmp_path / "resumed", "--resume_from_checkpoint", "latest", *ema)  # already done
+    assert json.loads((tmp_path / "resumed" / "all_results.json").read_text())["train_steps"] == 4
+    assert not (tmp_path / "resumed" / "checkpoints" / "step_5").exists()
     straight = load_file(tmp_path / "straight" / "checkpoints" / "step_4" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "checkpoints" / "step_4" / "model.safetensors")
     for name, tensor in straight.items():
