@@ -23,6 +23,10 @@ Matching = list[list[tuple[Tensor, Tensor]]]
 """[layer][image] -> (query_indices, target_indices), int64 on the CPU."""
 
 
+class NonFinitePredictionError(ValueError):
+    """The model's logits or boxes contain NaN or inf: training diverged or the input was bad."""
+
+
 def _check_label_structure(labels: Sequence[Mapping[str, Tensor]], batch_size: int) -> list[int]:
     """Check keys, dtypes and shapes of `labels` (metadata only, no device sync).
 
@@ -130,7 +134,7 @@ class HungarianMatcher(nn.Module):
         host_cost, host_classes, host_boxes = np.split(host, [cost.numel(), cost.numel() + len(classes)])
         _check_label_values(host_classes, host_boxes.reshape(-1, 4), counts, num_labels)
         if not np.isfinite(host_cost).all():
-            raise ValueError("HungarianMatcher: the model predicted non-finite (NaN or inf) logits or boxes (the "
+            raise NonFinitePredictionError("HungarianMatcher: the model predicted non-finite (NaN or inf) logits or boxes (the "
                              "targets are finite). Training has most likely diverged: lower the learning rate, "
                              "check gradient clipping, or look for bad input images.")
         return self._assign(host_cost.reshape(cost.shape), counts)

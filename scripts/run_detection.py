@@ -32,6 +32,7 @@ from detr_lite.data import DetectionCollator, SeededAugmentation, load_detection
 from detr_lite.data.synthetic import make_synthetic_dataset
 from detr_lite.evaluation import format_metrics_table
 from detr_lite.inference import predict_dataset, score_predictions
+from detr_lite.loss_detr_lite import NonFinitePredictionError
 from detr_lite.model_card import write_model_card
 from detr_lite.optimization import apply_schedule, build_scheduler, parameter_groups
 
@@ -203,9 +204,7 @@ def training_loss(model, batch: dict) -> torch.Tensor:
     """The batch's loss, or NaN when the matcher reports non-finite predictions (a diverged model)."""
     try:
         return model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"]).loss
-    except ValueError as error:
-        if "predicted non-finite" not in str(error):
-            raise
+    except NonFinitePredictionError:
         return torch.full((), float("nan"), device=batch["pixel_values"].device)
 
 
