@@ -127,40 +127,59 @@ class HungarianMatcher(nn.Module):
         classes, boxes = _concat_labels(labels, logits.device)
         # Out-of-range ids are clamped only so that the gather cannot fault on the device;
         # they are reported from the host copy below.
-        cost = self._cost(logits.float(), pred_boxes.float(), classes.clamp(0, num_labels - 1), boxes)
+        cost = self._cost(logits.float(), pred_boxes.float(), classes.clamp(0, num_labels - 1), boxes, counts)
         # The single device-to-host transfer of the call: costs of all layers and images, plus the
         # targets so that their values can be validated without a second sync.
         host = torch.cat([cost.flatten(), classes.float(), boxes.flatten()]).cpu().numpy()
         host_cost, host_classes, host_boxes = np.split(host, [cost.numel(), cost.numel() + len(classes)])
         _check_label_values(host_classes, host_boxes.reshape(-1, 4), counts, num_labels)
         if not np.isfinite(host_cost).all():
-            raise NonFinitePredictionError("HungarianMatcher: the model predicted non-finite (NaN or inf) logits or boxes (the "
-                             "targets are finite). Training has most likely diverged: lower the learning rate, "
-                             "check gradient clipping, or look for bad input images.")
+            raise NonFinitePredictionError(
+                "HungarianMatcher: the model predicted non-finite (NaN or inf) logits or boxes (the targets are "
+                "finite). Training has most likely diverged: lower the learning rate, check gradient clipping, or "
+                "look for bad input images.")
         return self._assign(host_cost.reshape(cost.shape), counts)
 
-    def _cost(self, logits: Tensor, pred_boxes: Tensor, classes: Tensor, boxes: Tensor) -> Tensor:
-        """Cost between every query and every target of the batch.
+    def _cost(self, logits: Tensor, pred_boxes: Tensor, classes: Tensor, boxes: Tensor, counts: list[int]) -> Tensor:
+        """Cost between every query of an image and that image's own targets, padded to the largest count.
 
-        logits (L, B, Q, C + 1), pred_boxes (L, B, Q, 4), classes (T,), boxes (T, 4) -> (L, B, Q, T).
-        The entries pairing a query with another image's target are computed but never read: one
-        dense batched computation beats a Python loop over images.
+        logits (L, B, Q, C + 1), pred_boxes (L, B, Q, 4), classes (T,), boxes (T, 4) of all images concatenated
+        -> (L, B, Q, N) with N = max(counts). Padding every image to N keeps the computation one batched tensor
+        op while doing B times less work than pairing each query with the targets of the whole batch.
         """
+        padded_classes, padded_boxes = _pad_targets(classes, boxes, counts)  # (B, N), (B, N, 4)
+        num_layers, batch, queries = logits.shape[:3]
+        index = padded_classes[None, :, None, :].expand(num_layers, batch, queries, -1)  # (L, B, Q, N)
         # -p[class] rather than the NLL used by the loss: a probability is bounded like the box
         # costs, so the terms stay commensurable (DETR Sec. 3.1).
-        class_cost = -logits.softmax(-1)[..., classes]
-        bbox_cost = torch.cdist(pred_boxes.flatten(0, 2), boxes, p=1).view(class_cost.shape)
-        giou_cost = -generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(boxes))
+        class_cost = -logits.softmax(-1).gather(-1, index)
+        bbox_cost = torch.cdist(pred_boxes, padded_boxes.expand(num_layers, -1, -1, -1), p=1)
+        giou_cost = -generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(padded_boxes)[None])
         return self.class_cost * class_cost + self.bbox_cost * bbox_cost + self.giou_cost * giou_cost
 
     @staticmethod
     def _assign(cost: np.ndarray, counts: list[int]) -> Matching:
-        """Split the (L, B, Q, T) host cost by image and solve each (layer, image) problem."""
-        bounds = np.cumsum([0, *counts])
+        """Solve each (layer, image) problem on its unpadded part of the (L, B, Q, N) host cost."""
         return [
-            [_solve(layer_cost[image, :, bounds[image]:bounds[image + 1]]) for image in range(len(counts))]
+            [_solve(layer_cost[image, :, :count]) for image, count in enumerate(counts)]
             for layer_cost in cost
         ]
+
+
+def _pad_targets(classes: Tensor, boxes: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
+    """(T,), (T, 4) concatenated targets -> (B, N) classes and (B, N, 4) boxes, N = max(counts, 1).
+
+    Padding boxes are a valid full-image box so that every cost stays finite; their columns are never read.
+    """
+    width = max(max(counts, default=0), 1)
+    rows = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts, dtype=torch.int64))
+    cols = torch.cat([torch.arange(count) for count in counts]) if counts else rows
+    rows, cols = rows.to(classes.device), cols.to(classes.device)
+    padded_classes = classes.new_zeros((len(counts), width))
+    padded_boxes = boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(counts), width, 1)
+    padded_classes[rows, cols] = classes
+    padded_boxes[rows, cols] = boxes
+    return padded_classes, padded_boxes
 
 
 class _Targets(NamedTuple):
