@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.init_trackers("detr_lite", config=hparams)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_AP": -1.0, "images_seen": 0, "train_time": 0.0,
-             "last_eval_step": -1, "last_checkpoint_step": -1, "skipped_steps": 0}
+             "last_eval_step": -1, "last_checkpoint_step": -1, "skipped_steps": 0, "learning_curve": []}
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
         state.update(load_checkpoint(accelerator, checkpoint))
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             "train_split": args.train_split, "eval_split": args.val_split, "command": command}
     progress = tqdm(total=max_steps, initial=state["step"], desc="training",
                     disable=not accelerator.is_local_main_process)
-    history, metrics, evaluations = [], {}, []
+    metrics, evaluations = {}, []
     running_loss, start = torch.zeros((), device=accelerator.device), time.monotonic() - state["train_time"]
 
     def checkpoint() -> None:
@@ -390,8 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluations.append(state["step"])
         if accelerator.is_main_process:
             state["train_time"] = time.monotonic() - start
-            history.append({"step": state["step"], "AP": result["AP"], "AP50": result["AP50"],
-                            "minutes": round(state["train_time"] / 60, 2)})
+            # In the checkpointed state, so a resumed run reports the whole curve.
+            state["learning_curve"].append({"step": state["step"], "AP": result["AP"], "AP50": result["AP50"],
+                                            "minutes": round(state["train_time"] / 60, 2)})
             logger.info("step %d: AP %.4f AP50 %.4f", state["step"], result["AP"], result["AP50"])
             if args.with_tracking:
                 accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=state["step"])
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         results = {**metrics, "train_steps": state["step"], "train_images_seen": state["images_seen"],
                    "train_runtime_s": round(state["train_time"], 1), "best_AP": state["best_AP"],
-                   "learning_curve": history}
+                   "learning_curve": state["learning_curve"]}
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         print(format_metrics_table(metrics))
         sample = save_sample_prediction(DeTRLiteForObjectDetection.from_pretrained(output_dir / "best").to(
@@ -512,13 +513,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"Metrics: {output_dir / 'all_results.json'}\nCheckpoints: {output_dir / 'checkpoints'}\n"
               f"Sample prediction: {sample}\nData: {args.data_dir}")
         if args.push_to_hub:
-            best = DeTRLiteForObjectDetection.from_pretrained(output_dir / "best")
-            best.push_to_hub(args.hub_model_id)
-            DeTRLiteImageProcessor.from_pretrained(output_dir / "best").push_to_hub(args.hub_model_id)
-            from huggingface_hub import upload_file
+            from huggingface_hub import create_repo, upload_folder
 
-            upload_file(path_or_fileobj=str(output_dir / "best" / "README.md"), path_in_repo="README.md",
-                        repo_id=args.hub_model_id)
+            # best/ already holds everything the Hub repo needs: weights, code, processor, model card as README.
+            create_repo(args.hub_model_id, exist_ok=True)
+            upload_folder(folder_path=str(output_dir / "best"), repo_id=args.hub_model_id)
             print(f"Pushed to https://huggingface.co/{args.hub_model_id}")
     if args.with_tracking:
         accelerator.end_training()

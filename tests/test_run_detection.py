@@ -93,7 +93,9 @@ def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
     (tmp_path / "resumed" / "checkpoints" / ".partial-step_3").mkdir()
     result = train(preset, data_dir, tmp_path / "resumed", "--resume_from_checkpoint", "latest", *ema)
     assert "Resumed from" in result.stderr and "at step 2" in result.stderr
-    assert json.loads((tmp_path / "resumed" / "all_results.json").read_text())["train_steps"] == 4
+    resumed_results = json.loads((tmp_path / "resumed" / "all_results.json").read_text())
+    assert resumed_results["train_steps"] == 4
+    assert [point["step"] for point in resumed_results["learning_curve"]] == [2, 4]  # both runs' evaluations
     train(preset, data_dir, tmp_path / "resumed", "--resume_from_checkpoint", "latest", *ema)  # already done
     assert json.loads((tmp_path / "resumed" / "all_results.json").read_text())["train_steps"] == 4
     assert not (tmp_path / "resumed" / "checkpoints" / "step_5").exists()
