@@ -12,10 +12,11 @@ import timm
 import torch
 from conftest import random_labels, tiny_config
 from safetensors.torch import save_file
+from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteModel
-from detr_lite.modeling_detr_lite import sine_position_embedding
+from detr_lite.modeling_detr_lite import mask_if_padded, sine_position_embedding
 
 
 def padded_batch(batch: int = 2, size: int = 128):
@@ -129,6 +130,52 @@ def test_unfrozen_batch_norm_and_trainable_layers_are_configurable():
     assert all(p.requires_grad for p in model.backbone.parameters())
     frozen = DeTRLiteModel(tiny_config(trainable_backbone_layers=0))
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
+
+
+def randomise_batch_norm_statistics(model: torch.nn.Module) -> None:
+    """Fresh norms are identities (mean 0, var 1, scale 1, shift 0), which folding would leave unchanged."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if hasattr(module, "running_var") and module.running_var is not None:
+            for tensor, low, high in ((module.running_mean, -0.2, 0.2), (module.running_var, 0.5, 2.0),
+                                      (module.weight, 0.5, 1.5), (module.bias, -0.2, 0.2)):
+                tensor.data.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+@pytest.mark.parametrize("freeze_batch_norm", [True, False])
+def test_fold_batch_norm_keeps_the_outputs(freeze_batch_norm):
+    model = DeTRLiteForObjectDetection(tiny_config(freeze_batch_norm=freeze_batch_norm)).eval()
+    randomise_batch_norm_statistics(model)
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        expected = model(pixel_values, pixel_mask)
+        assert model.fold_batch_norm() == 20  # resnet18: the stem, 8 blocks x 2, 3 downsample shortcuts
+        actual = model(pixel_values, pixel_mask)
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in model.modules())
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-5, rtol=0)
+
+
+def test_fold_batch_norm_leaves_training_norms_and_refuses_to_save(tmp_path):
+    training = DeTRLiteForObjectDetection(tiny_config(freeze_batch_norm=False)).train()
+    assert training.fold_batch_norm() == 0  # batch statistics are not fixed: nothing to fold
+    training.save_pretrained(tmp_path / "unfolded")
+    frozen = DeTRLiteForObjectDetection(tiny_config())
+    assert frozen.fold_batch_norm() == 20  # frozen norms fold in either mode
+    with pytest.raises(ValueError, match="folded into its convolutions.*Save the model before folding"):
+        frozen.save_pretrained(tmp_path / "folded")
+    assert not (tmp_path / "folded").exists()
+
+
+def test_a_mask_without_padding_is_dropped_and_gives_the_same_outputs(tiny_model):
+    pixel_values, pixel_mask = padded_batch()
+    assert mask_if_padded(pixel_mask) is pixel_mask
+    full = torch.ones_like(pixel_mask)
+    assert mask_if_padded(full) is None and mask_if_padded(None) is None
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(pixel_values, full).logits, tiny_model(pixel_values).logits,
+                                   rtol=0, atol=0)
 
 
 def test_dilation_halves_the_backbone_stride():
