@@ -34,6 +34,7 @@ def model_predictions(model_dir: str, dataset, batch_size: int, device: str) -> 
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"--model {model_dir}: not a saved model folder (no config.json).")
     model = AutoModelForObjectDetection.from_pretrained(model_dir).to(device)
+    model.eval().fold_batch_norm()  # inference only: the same outputs, a faster backbone
     processor = AutoImageProcessor.from_pretrained(model_dir)
     model_labels = {name: index for index, name in model.config.id2label.items()}
     if set(model_labels) != set(dataset.id2label.values()):

@@ -118,7 +118,8 @@ def load_model(folder: str, device: torch.device) -> tuple[Any, Any]:
         processor = AutoImageProcessor.from_pretrained(folder)
     except OSError as error:
         raise FileNotFoundError(f"Cannot load a model and image processor from {folder}: {error}") from None
-    return model.to(device).eval(), processor
+    model.eval().fold_batch_norm()  # inference only: the same outputs, a faster backbone
+    return model.to(device), processor
 
 
 def predict(
