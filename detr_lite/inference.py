@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .data import DetectionCollator, DetectionDataset, detect_layout
+from .data import BadImageReport, DetectionCollator, DetectionDataset, SkipBadImages, detect_layout
 from .data.voc import VOC_LAYOUT
 from .evaluation import coco_evaluate, predictions_to_coco, voc_map50
 
@@ -23,6 +23,7 @@ def predict_dataset(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     show_progress: bool = True,
+    bad_images: BadImageReport | None = None,
 ) -> list[dict]:
     """COCO result dicts (`image_id`, dataset `category_id`, `bbox` xywh, `score`) for every query of every image.
 
@@ -32,15 +33,21 @@ def predict_dataset(
         dataset: the split, without training augmentation.
         indices: the subset of images to run (e.g. this process's shard); None for all.
         autocast_dtype: run the forward pass under autocast (bf16/fp16) on the model's device.
+        bad_images: what to do with unreadable images (default: skip each with one warning); they get no
+            predictions, so their objects count as missed.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    subset = dataset if indices is None else Subset(dataset, list(indices))
+    bad_images = bad_images or BadImageReport()
+    subset = SkipBadImages(dataset if indices is None else Subset(dataset, list(indices)), replace=False)
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=DetectionCollator(image_processor))
     was_training = model.training
     model.eval()
     results = []
     for batch in tqdm(loader, desc="evaluating", disable=not show_progress, leave=False):
+        bad_images.record(batch["bad_images"])
+        if "pixel_values" not in batch:
+            continue  # every image of the batch was unreadable
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         sizes = torch.stack([label["orig_size"] for label in batch["labels"]])

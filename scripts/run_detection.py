@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
 from detr_lite.checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from detr_lite.data import DetectionCollator, SeededAugmentation, load_detection_dataset, train_transforms
+from detr_lite.data import (BadImageError, BadImageReport, DetectionCollator, SeededAugmentation, SkipBadImages,
+                            load_detection_dataset, train_transforms)
 from detr_lite.data.synthetic import make_synthetic_dataset
 from detr_lite.evaluation import format_metrics_table
 from detr_lite.inference import predict_dataset, score_predictions
@@ -48,6 +50,14 @@ EPILOG = """faults:
   checkpoint and exits with status 128 + the signal number: 130 for SIGINT, 143 for SIGTERM (the shell's
   convention, so a job script can tell "interrupted, resumable" from "finished"). Further signals are ignored
   until the checkpoint is written. Continue with --resume_from_checkpoint latest.
+
+bad data:
+  Boxes partly outside the image are clipped; boxes without area or not finite, and duplicate or dangling
+  annotations, are dropped and counted; an unreadable annotation file, unknown category or malformed field
+  stops the run naming the file and field. An unreadable image (missing, empty, truncated, not an image) is
+  skipped with one warning and counted in all_results.json ("skipped_samples"), or stops the run with
+  --on_bad_sample error. An image over --max_image_pixels always stops the run.
+  python scripts/validate_dataset.py --data_dir DIR lists every problem at once.
 """
 
 # Recipe defaults when neither the preset nor a flag sets them (DETR's values).
@@ -105,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     add("--max_consecutive_nonfinite", type=int, default=5,
         help="stop when this many steps in a row have a NaN/inf loss (each is skipped); default 5")
+    add("--on_bad_sample", choices=("skip", "error"), default="skip",
+        help="an unreadable image: skip it with a warning (default) or stop")
+    add("--max_image_pixels", type=int, default=Image.MAX_IMAGE_PIXELS,
+        help=f"refuse images with more pixels (Pillow's decompression-bomb guard; 0: no limit); "
+             f"default {Image.MAX_IMAGE_PIXELS:,}")
     add("--dataloader_num_workers", type=int)
     add("--max_train_samples", type=int)
     add("--max_eval_samples", type=int)
@@ -255,13 +270,13 @@ def build_model(args: argparse.Namespace, model_preset: dict, id2label: dict[int
     return DeTRLiteForObjectDetection(config)
 
 
-def evaluate(accelerator: Accelerator, model, processor, val, args) -> dict:
+def evaluate(accelerator: Accelerator, model, processor, val, args, bad_images: BadImageReport) -> dict:
     """COCO metrics on the validation split; each process predicts its shard, the main process scores."""
     shard = range(accelerator.process_index, len(val), accelerator.num_processes)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
     predictions = predict_dataset(model, processor, val, batch_size=args.per_device_eval_batch_size,
                                   indices=shard, device=accelerator.device, autocast_dtype=dtype,
-                                  show_progress=accelerator.is_local_main_process)
+                                  show_progress=accelerator.is_local_main_process, bad_images=bad_images)
     predictions = gather_object(predictions) if accelerator.num_processes > 1 else predictions
     metrics = {}
     if accelerator.is_main_process:
@@ -286,7 +301,9 @@ def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | No
     """An annotated prediction on the first validation image, so a user sees what the model does."""
     from detr_lite.visualization import draw_detections
 
-    sample = val[0]
+    sample = SkipBadImages(val, replace=True)[0]  # the first readable validation image
+    if "image" not in sample:
+        return None
     inputs = processor(images=sample["image"], return_tensors="pt")
     model.eval()
     with torch.inference_mode():
@@ -327,16 +344,20 @@ def main(argv: list[str] | None = None) -> dict:
         if not os.access(output_dir, os.W_OK):
             raise SystemExit(f"--output_dir {output_dir} is not writable.")
     set_seed(args.seed)
+    Image.MAX_IMAGE_PIXELS = args.max_image_pixels or None  # DataLoader workers inherit it
 
     with accelerator.main_process_first():  # the synthetic set is generated once, by the main process
         train, val = load_data(args, data_preset)
+    bad_images = BadImageReport(args.on_bad_sample)
+    bad_images.record(problem for problem in train.problems + val.problems if problem.action == "skipped")
     model = build_model(args, model_preset, train.id2label)
     processor = DeTRLiteImageProcessor(size=model.config.image_size)
     collator = DetectionCollator(processor)
     augmented = SeededAugmentation(train, functools.partial(
         train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
     # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
-    train_loader = DataLoader(augmented, batch_size=args.per_device_train_batch_size, shuffle=True,
+    train_loader = DataLoader(SkipBadImages(augmented, replace=True), batch_size=args.per_device_train_batch_size,
+                              shuffle=True,
                               drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers,
                               worker_init_fn=ignore_stop_signals)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
@@ -385,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def evaluate_and_keep_best() -> dict:
         eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
-        result = evaluate(accelerator, eval_model, processor, val, args)
+        result = evaluate(accelerator, eval_model, processor, val, args, bad_images)
         state["last_eval_step"] = state["step"]
         evaluations.append(state["step"])
         if accelerator.is_main_process:
@@ -430,6 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
         if state["batch_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
         for batch in loader:
+            bad_images.record(batch["bad_images"])
             with accelerator.accumulate(model):
                 loss = training_loss(model, batch)
                 # The one host sync of the micro-batch: every process learns whether any loss is non-finite and
@@ -501,10 +523,14 @@ def main(argv: list[str] | None = None) -> dict:
     if state["last_checkpoint_step"] != state["step"] and not nonfinite_streak:
         checkpoint()
 
+    skipped = sorted(set(gather_object(list(bad_images.skipped))))  # every process's unreadable images
     if accelerator.is_main_process:
+        if skipped:
+            logger.warning("Skipped %d unreadable images: %s", len(skipped), ", ".join(skipped))
         results = {**metrics, "train_steps": state["step"], "train_images_seen": state["images_seen"],
                    "train_runtime_s": round(state["train_time"], 1), "best_AP": state["best_AP"],
-                   "learning_curve": state["learning_curve"]}
+                   "learning_curve": state["learning_curve"], "skipped_samples": len(skipped),
+                   "skipped_images": skipped}
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         print(format_metrics_table(metrics))
         sample = save_sample_prediction(DeTRLiteForObjectDetection.from_pretrained(output_dir / "best").to(
@@ -525,4 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BadImageError as error:  # --on_bad_sample error, or an image over --max_image_pixels
+        raise SystemExit(str(error)) from error

@@ -3,9 +3,11 @@
 Every dataset yields the same internal sample (see :mod:`detr_lite.data.base`), whatever its layout.
 """
 
-from .base import DetectionDataset, ImageRecord, Sample
+from .bad_images import BadImageReport, SkipBadImages
+from .base import BadImageError, DetectionDataset, ImageRecord, Sample
 from .collate import DetectionCollator
-from .datasets import LAYOUTS, available_splits, detect_layout, load_detection_dataset
+from .datasets import LAYOUTS, available_splits, detect_layout, find_problems, load_detection_dataset
+from .problems import DataProblem, DatasetError
 from .transforms import (
     Compose,
     RandomHorizontalFlip,
@@ -21,7 +23,11 @@ from .writers import WRITERS, write_coco, write_hf, write_voc
 __all__ = [
     "LAYOUTS",
     "WRITERS",
+    "BadImageError",
+    "BadImageReport",
     "Compose",
+    "DataProblem",
+    "DatasetError",
     "DetectionCollator",
     "DetectionDataset",
     "ImageRecord",
@@ -31,9 +37,11 @@ __all__ = [
     "RandomSizeCrop",
     "Sample",
     "SeededAugmentation",
+    "SkipBadImages",
     "available_splits",
     "detect_layout",
     "eval_transforms",
+    "find_problems",
     "load_detection_dataset",
     "train_transforms",
     "write_coco",

@@ -14,14 +14,19 @@ workers do the decoding.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset
+
+from ..image_processing_detr_lite import _pil_to_array
+from .problems import Action, DataProblem, describe_box
 
 Sample = dict[str, Any]
 ImageSource = str | Path | io.BytesIO
@@ -99,19 +104,69 @@ def select_boxes(sample: Sample, keep: np.ndarray) -> Sample:
     return {key: value[keep] if key in PER_BOX_KEYS else value for key, value in sample.items()}
 
 
-def image_size(source: ImageSource) -> tuple[int, int]:
-    """(width, height) of an image file as it appears upright, read from its header only."""
-    with Image.open(source) as image:
+class BadImageError(ValueError):
+    """An image file that cannot be used; ``problem`` names the file and says why (see :mod:`.problems`)."""
+
+    def __init__(self, problem: DataProblem, advice: str = "") -> None:
+        self.problem = problem
+        super().__init__(f"{problem}. {advice}" if advice else str(problem))
+
+
+def _is_empty(source: ImageSource) -> bool:
+    return source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else Path(source).stat().st_size == 0
+
+
+@contextmanager
+def open_image(source: ImageSource, name: str) -> Iterator[Image.Image]:
+    """Opens image ``name``; every way opening or decoding it inside the block fails becomes a :class:`BadImageError`.
+
+    Over ``PIL.Image.MAX_IMAGE_PIXELS`` is an error (``rejected``), not Pillow's warning: Pillow only
+    refuses at twice the limit, and a limit that is sometimes enforced is no limit.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                yield image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        message = (f"more pixels than the limit of {Image.MAX_IMAGE_PIXELS:,} (a possible decompression bomb). "
+                   "Raise the limit with --max_image_pixels if the image is genuine")
+        raise BadImageError(DataProblem(name, "image", message, "rejected")) from error
+    except FileNotFoundError as error:
+        raise BadImageError(DataProblem(name, "image", "file not found", "skipped")) from error
+    except (OSError, SyntaxError, EOFError, ValueError) as error:  # what Pillow raises for corrupt data
+        message = "the file is empty (0 bytes)" if _is_empty(source) else f"cannot be decoded: {error}"
+        raise BadImageError(DataProblem(name, "image", message, "skipped")) from error
+
+
+def _name(source: ImageSource, name: str | None) -> str:
+    return name or (str(source) if not isinstance(source, io.BytesIO) else "<in-memory image>")
+
+
+def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file as it appears upright, read from its header only.
+
+    Raises:
+        BadImageError: The file is missing, empty, not an image, or over the pixel limit; the error
+            names the file (``name``, default the path).
+    """
+    with open_image(source, _name(source, name)) as image:
         width, height = image.size
         if image.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED_ORIENTATIONS:
             return height, width
         return width, height
 
 
-def load_rgb(source: ImageSource) -> Image.Image:
-    """Decodes an image file into an upright RGB PIL image."""
-    with Image.open(source) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+def load_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Decodes an image file into an upright 8-bit RGB PIL image, converted as the image processor does
+    (16-bit scaled, not clipped; palette transparency and alpha dropped; CMYK converted).
+
+    Raises:
+        BadImageError: The file is missing, empty, truncated, not an image, or over the pixel limit;
+            the error names the file (``name``, default the path).
+    """
+    with open_image(source, _name(source, name)) as image:
+        return Image.fromarray(_pil_to_array(image)).convert("RGB")
 
 
 class DetectionDataset(Dataset):
@@ -124,7 +179,8 @@ class DetectionDataset(Dataset):
         id2label: Contiguous label → class name.
         label_to_category_id: Contiguous label → the dataset's own category id (what
             :meth:`to_coco_dict` writes, and what evaluation maps predictions back to).
-        num_dropped_boxes: Boxes the reader dropped because they had no area inside the image.
+        problems: Every :class:`~detr_lite.data.problems.DataProblem` the reader found and how it
+            was handled: clipped boxes, dropped boxes and listings, skipped images, rejections.
         transform: Optional callable applied to every sample (see :mod:`detr_lite.data.transforms`).
     """
 
@@ -135,18 +191,41 @@ class DetectionDataset(Dataset):
         label_to_category_id: dict[int, int],
         image_root: str | Path | None = None,
         transform: Callable[[Sample], Sample] | None = None,
+        problems: Sequence[DataProblem] = (),
     ) -> None:
         self.id2label = dict(id2label)
         self.label_to_category_id = dict(label_to_category_id)
         self.image_root = None if image_root is None else Path(image_root)
         self.transform = transform
-        self.num_dropped_boxes = 0
-        self.records = [self._repair(record) for record in records]
+        self.problems = list(problems)
+        self.records = [self._repair(record) for record in self._unique(records)]
+
+    @property
+    def num_dropped_boxes(self) -> int:
+        """Boxes dropped because they had no area inside the image or were not finite."""
+        return sum(problem.action == "dropped" and problem.field.startswith("boxes[") for problem in self.problems)
+
+    def _unique(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """Keeps the first record of each image id; later ones are dropped (an image listed twice)."""
+        first: dict[int, ImageRecord] = {}
+        for record in records:
+            if record.image_id in first:
+                message = f"image id {record.image_id} is listed again (first as {first[record.image_id].file_name})"
+                self.problems.append(DataProblem(self.image_name(record), "image_id", message, "dropped"))
+            else:
+                first[record.image_id] = record
+        return list(first.values())
 
     def _repair(self, record: ImageRecord) -> ImageRecord:
-        """Clips boxes to the image and drops those left without area (counted)."""
+        """Clips boxes to the image and drops those left without area or not finite (each a problem)."""
         boxes, keep = clip_boxes(record.boxes, record.width, record.height)
-        self.num_dropped_boxes += int((~keep).sum())
+        size = f"{record.width}x{record.height} image"
+        for index, (before, after, kept) in enumerate(zip(record.boxes, boxes, keep)):
+            if not kept:
+                reason = "is not finite" if not np.isfinite(before).all() else f"has no area inside the {size}"
+                self._problem(record, index, f"{describe_box(before)} {reason}", "dropped")
+            elif not np.allclose(before, after):
+                self._problem(record, index, f"{describe_box(before)} extends outside the {size}", "clipped")
         return replace(
             record,
             boxes=boxes[keep].astype(np.float32),
@@ -155,6 +234,13 @@ class DetectionDataset(Dataset):
             difficult=record.difficult[keep],
             area=record.area[keep],
         )
+
+    def _problem(self, record: ImageRecord, index: int, message: str, action: Action) -> None:
+        self.problems.append(DataProblem(self.image_name(record), f"boxes[{index}]", message, action))
+
+    def image_name(self, record: ImageRecord) -> str:
+        """How messages name a record's image: its path, or (in-memory images) its file name."""
+        return record.file_name if self.image_root is None else str(self.image_root / record.file_name)
 
     @property
     def image_ids(self) -> list[int]:
@@ -168,13 +254,17 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         sample = {
             "image_id": record.image_id,
-            "image": load_rgb(self.image_source(index)),
+            "image": self.load_image(index),
             "boxes": record.boxes.copy(),
             "class_labels": record.class_labels.copy(),
             "iscrowd": record.iscrowd.copy(),
             "difficult": record.difficult.copy(),
         }
         return sample if self.transform is None else self.transform(sample)
+
+    def load_image(self, index: int) -> Image.Image:
+        """Image ``index`` decoded to upright RGB; raises :class:`BadImageError` naming the file."""
+        return load_rgb(self.image_source(index), self.image_name(self.records[index]))
 
     def image_source(self, index: int) -> ImageSource:
         """Where image ``index``'s encoded bytes are: a path, or an in-memory file."""

@@ -34,20 +34,29 @@ def coco_target(sample: Sample) -> dict[str, Any]:
 class DetectionCollator:
     """``collate_fn`` turning a list of internal samples into the processor's batch.
 
+    Samples from :class:`~detr_lite.data.bad_images.SkipBadImages` carry reports of unreadable images;
+    the collator gathers them into ``bad_images`` and leaves out the samples that have no image.
+
     Args:
         image_processor: A ``DeTRLiteImageProcessor`` built with ``label2id=None``.
 
     Returns (when called): the processor's ``BatchFeature`` with ``pixel_values`` (B, 3, S, S),
     ``pixel_mask`` (B, S, S) and ``labels`` (B dicts with ``class_labels`` and normalised
-    cxcywh ``boxes``).
+    cxcywh ``boxes``), plus ``bad_images`` (a list of ``DataProblem``). When no sample has an image,
+    the batch holds only ``bad_images``.
     """
 
     def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
 
     def __call__(self, samples: Sequence[Sample]) -> BatchFeature:
-        return self.image_processor(
-            images=[sample["image"] for sample in samples],
-            annotations=[coco_target(sample) for sample in samples],
-            return_tensors="pt",
-        )
+        readable = [sample for sample in samples if "image" in sample]
+        batch = BatchFeature()
+        if readable:
+            batch = self.image_processor(
+                images=[sample["image"] for sample in readable],
+                annotations=[coco_target(sample) for sample in readable],
+                return_tensors="pt",
+            )
+        batch["bad_images"] = [problem for sample in samples for problem in sample.get("bad_images", [])]
+        return batch

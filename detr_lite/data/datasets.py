@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import DetectionDataset, Layout, Sample
+from .base import BadImageError, DetectionDataset, Layout, Sample
 from .coco import COCO_LAYOUT
 from .hf import HF_DISK_LAYOUT, HF_IMAGEFOLDER_LAYOUT
+from .problems import DataProblem, DatasetError, count_actions, raise_if_rejected
 from .voc import VOC_LAYOUT
 
+logger = logging.getLogger(__name__)
 LAYOUTS = (COCO_LAYOUT, VOC_LAYOUT, HF_DISK_LAYOUT, HF_IMAGEFOLDER_LAYOUT)  # checked in this order
 
 
@@ -34,10 +37,24 @@ def available_splits(data_dir: str | Path) -> list[str]:
     return detect_layout(data_dir).splits(Path(data_dir))
 
 
+def _read(root: Path, split: str) -> DetectionDataset:
+    layout = detect_layout(root)
+    splits = layout.splits(root)
+    if split not in splits:
+        raise ValueError(
+            f"Split {split!r} not found in {layout.name} dataset {root}: expected {layout.split_path(root, split)}. "
+            f"Available splits: {', '.join(splits)}."
+        )
+    return layout.read(root, split)
+
+
 def load_detection_dataset(
     data_dir: str | Path, split: str, transform: Callable[[Sample], Sample] | None = None
 ) -> DetectionDataset:
     """Reads one split of a COCO, Pascal VOC or Hugging Face dataset folder, recognised automatically.
+
+    Problems in the data (see :mod:`detr_lite.data.problems`) are repaired or dropped and counted in
+    one logged warning; the dataset's ``problems`` lists them.
 
     Args:
         data_dir: The dataset's root folder, in one of the layouts of :data:`LAYOUTS`.
@@ -50,15 +67,34 @@ def load_detection_dataset(
     Raises:
         ValueError: The layout is not recognised, or the split is missing (the message names the
             file or folder that would hold it and the splits that exist).
+        DatasetError: (a ValueError) The split has problems that must be fixed first; the message
+            names each file and field.
     """
-    root = Path(data_dir)
-    layout = detect_layout(root)
-    splits = layout.splits(root)
-    if split not in splits:
-        raise ValueError(
-            f"Split {split!r} not found in {layout.name} dataset {root}: expected {layout.split_path(root, split)}. "
-            f"Available splits: {', '.join(splits)}."
-        )
-    dataset = layout.read(root, split)
+    dataset = _read(Path(data_dir), split)
+    raise_if_rejected(dataset.problems)
+    if dataset.problems:
+        counts = ", ".join(f"{count} {action}" for action, count in count_actions(dataset.problems).items())
+        logger.warning("%s, split %r: %s (boxes, annotations or unreadable images). `python "
+                       "scripts/validate_dataset.py --data_dir %s --split %s` lists each one.",
+                       data_dir, split, counts, data_dir, split)
     dataset.transform = transform
     return dataset
+
+
+def find_problems(data_dir: str | Path, split: str) -> list[DataProblem]:
+    """Every problem of one split: what its reader finds, then each image file that does not fully decode.
+
+    This is what ``scripts/validate_dataset.py`` reports; it raises only when the layout or split is
+    not found (ValueError, as :func:`load_detection_dataset`).
+    """
+    try:
+        dataset = _read(Path(data_dir), split)
+    except DatasetError as error:
+        return error.problems  # the annotations cannot be read: there are no images to check
+    problems = list(dataset.problems)
+    for index in range(len(dataset)):
+        try:
+            dataset.load_image(index)
+        except BadImageError as error:
+            problems.append(error.problem)
+    return problems

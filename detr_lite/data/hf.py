@@ -24,9 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image
 
-from .base import DetectionDataset, ImageRecord, ImageSource, Layout, image_size, make_record
+from .base import (
+    BadImageError,
+    DetectionDataset,
+    ImageRecord,
+    ImageSource,
+    Layout,
+    image_size,
+    make_record,
+    open_image,
+)
+from .problems import DataProblem, is_xywh
 
 _METADATA = "metadata.jsonl"
 
@@ -34,12 +43,13 @@ _METADATA = "metadata.jsonl"
 class HFDetectionDataset(DetectionDataset):
     """A :class:`DetectionDataset` whose images live in a ``datasets.Dataset`` column."""
 
-    def __init__(self, images: datasets.Dataset, **kwargs: Any) -> None:
+    def __init__(self, images: datasets.Dataset, rows: dict[int, int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.images = images  # the `image` column with decode=False: {"bytes", "path"} per row
+        self.rows = rows  # image id → its row in `images` (rows with problems have no record)
 
     def image_source(self, index: int) -> ImageSource:
-        image = self.images[index]["image"]
+        image = self.images[self.rows[self.records[index].image_id]]["image"]
         return io.BytesIO(image["bytes"]) if image["bytes"] else image["path"]
 
 
@@ -82,19 +92,45 @@ def _read_split(
 ) -> HFDetectionDataset:
     split = split.cast_column("image", datasets.Image(decode=False))
     columns = [name for name in ("image", "image_id", "width", "height", "objects") if name in split.column_names]
-    records = [_record(index, row, label_of) for index, row in enumerate(split.select_columns(columns))]
+    records, problems, rows = [], [], {}
+    for index, row in enumerate(split.select_columns(columns)):
+        problem = _row_problem(index, row, label_of)
+        if problem is None:
+            try:
+                records.append(_record(index, row, label_of))
+                rows.setdefault(records[-1].image_id, index)  # the first row of an id: the one the dataset keeps
+                continue
+            except BadImageError as error:  # an unreadable image whose size or format had to be read from it
+                problem = error.problem
+        problems.append(problem)
     return HFDetectionDataset(
-        split.select_columns(["image"]), records=records, id2label=id2label, label_to_category_id=label_to_category_id
+        split.select_columns(["image"]), rows, records=records, id2label=id2label,
+        label_to_category_id=label_to_category_id, problems=problems,
     )
+
+
+def _row_problem(index: int, row: dict, label_of: dict[Any, int]) -> DataProblem | None:
+    """A rejected problem for a row whose objects have an unknown category or a malformed box, else None."""
+    objects = _objects(row.get("objects") or {})
+    name = row["image"]["path"] or f"row {index}"
+    for position, category in enumerate(objects.get("category", [])):
+        if category not in label_of:
+            return DataProblem(name, f"objects.category[{position}]", f"{category!r} is not a known category", "rejected")
+    for position, bbox in enumerate(objects.get("bbox", [])):
+        if not is_xywh(bbox):
+            message = f"{bbox!r} is not a list of 4 numbers [x, y, width, height]"
+            return DataProblem(name, f"objects.bbox[{position}]", message, "rejected")
+    return None
 
 
 def _record(index: int, row: dict, label_of: dict[Any, int]) -> ImageRecord:
     image, objects = row["image"], _objects(row.get("objects") or {})
     width, height = row.get("width"), row.get("height")
     if not width or not height:
-        width, height = image_size(io.BytesIO(image["bytes"]) if image["bytes"] else image["path"])
+        source = io.BytesIO(image["bytes"]) if image["bytes"] else image["path"]
+        width, height = image_size(source, image["path"] or f"row {index}")
     image_id = row.get("image_id", index)
-    file_name = os.path.basename(image["path"] or "") or f"{image_id}.{_format(image['bytes'])}"
+    file_name = os.path.basename(image["path"] or "") or f"{image_id}.{_format(image['bytes'], f'row {index}')}"
     return make_record(
         image_id,
         file_name,
@@ -108,9 +144,9 @@ def _record(index: int, row: dict, label_of: dict[Any, int]) -> ImageRecord:
     )
 
 
-def _format(data: bytes) -> str:
+def _format(data: bytes, name: str) -> str:
     """The file extension for an encoded image that came without a file name."""
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(io.BytesIO(data), name) as image:
         return (image.format or "png").lower()
 
 
