@@ -1,19 +1,33 @@
-"""Training checkpoints written atomically: a kill mid-save never leaves a folder that `latest` would pick.
+"""Training checkpoints, written atomically.
 
-Each checkpoint is `{output_dir}/checkpoints/step_{N}`: Accelerate's state (model, optimizer, scheduler, RNG,
-registered objects such as the EMA) plus `trainer_state.json`. It is written under a temporary name and renamed
-into place only once complete; a rename within one file system is atomic.
+Each checkpoint is `{output_dir}/checkpoints/step_{N}`: Accelerate's state (model, optimizer, RNG, registered
+objects: the LR scheduler and the EMA) plus `trainer_state.json`. It is written under a temporary name and renamed
+into place only once complete (a rename within one file system is atomic), so a kill mid-save never leaves a folder
+that `latest` would pick, and a failed write (a full disk) removes the temporary folder and changes nothing else.
 """
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_PARTIAL = ".partial-"
+# Tests only (tests/test_training_faults.py): the save of this step SIGKILLs its own process once Accelerate has
+# written its files and before the checkpoint is complete, as an OOM kill or a power cut would.
+KILL_DURING_SAVE_ENV = "DETR_LITE_TEST_SIGKILL_DURING_SAVE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or the best model could not be written; the message says what is intact and what to do."""
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -44,25 +58,85 @@ def resolve_checkpoint(output_dir: str | Path, resume_from: str) -> Path:
     return path
 
 
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Size of the model's weights and buffers as saved (safetensors adds a small header)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def checkpoint_bytes(model: torch.nn.Module, with_ema: bool) -> int:
+    """Approximate size of one checkpoint: the weights, AdamW's two moments per trainable parameter, and with an
+    EMA a second copy of the weights. Metadata and RNG states add a few KiB."""
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return weights_bytes(model) * (2 if with_ema else 1) + moments
+
+
+def check_disk_space(output_dir: str | Path, model: torch.nn.Module, with_ema: bool) -> None:
+    """Fail before training when `output_dir` cannot hold one checkpoint plus the best model."""
+    checkpoint, best = checkpoint_bytes(model, with_ema), weights_bytes(model)
+    free = shutil.disk_usage(output_dir).free
+    if free < checkpoint + best:
+        raise CheckpointError(
+            f"Not enough disk space in {output_dir}: {_size(free)} free, but one checkpoint ({_size(checkpoint)}) "
+            f"and the best model ({_size(best)}) need {_size(checkpoint + best)}. Free space there or choose an "
+            "--output_dir on a larger disk."
+        )
+
+
+@contextlib.contextmanager
+def write_atomically(final: Path, hint: str, is_main_process: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write `final` into; it replaces `final` once the block completes.
+
+    If the block fails, the temporary folder is removed, `final` is left as it was, and CheckpointError names
+    `final`, followed by `hint` (what is still intact, what to do). A full disk shows up as OSError, as
+    RuntimeError from torch's writer or as SafetensorError, hence `except Exception`. With several processes
+    writing into one folder, only the main process creates, renames and removes it.
+    """
+    partial = final.with_name(_PARTIAL + final.name)
+    try:
+        if is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        yield partial
+    except Exception as error:
+        if is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(
+            f"Could not write {final} ({type(error).__name__}: {error}); most often the disk is full. The incomplete "
+            f"copy was removed and nothing else was changed. {hint}"
+        ) from error
+    if is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dict, keep_last: int) -> Path:
     """Save the training state as checkpoint `step_{state['step']}`, then keep only the newest `keep_last`.
 
-    Every process must call this (Accelerate saves per-process RNG states); only the main process renames.
+    Every process must call this (Accelerate saves per-process RNG states). Raises CheckpointError when the write
+    fails; the earlier checkpoints are then untouched.
     """
     folder = checkpoints_dir(output_dir)
     final = folder / f"step_{state['step']}"
-    partial = folder / f".partial-step_{state['step']}"
+    kept = list_checkpoints(output_dir)
+    hint = (f"The newest complete checkpoint, {kept[-1]}, is intact: free disk space, then continue with "
+            "--resume_from_checkpoint latest." if kept else "There is no earlier checkpoint; free disk space and "
+            "start again.")
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+        for stale in folder.glob(f"{_PARTIAL}step_*"):  # left by a killed save; can be as large as a checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
+    with write_atomically(final, hint, accelerator.is_main_process) as partial:
+        accelerator.wait_for_everyone()  # the folder exists before any process writes into it
+        accelerator.save_state(str(partial))
+        if os.environ.get(KILL_DURING_SAVE_ENV) == str(state["step"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
     if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
         for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

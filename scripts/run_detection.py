@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -28,7 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
-from detr_lite.checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from detr_lite.checkpointing import (CheckpointError, check_disk_space, list_checkpoints, load_checkpoint,
+                                    resolve_checkpoint, save_checkpoint, write_atomically)
 from detr_lite.data import (BadImageError, BadImageReport, DetectionCollator, SeededAugmentation, SkipBadImages,
                             load_detection_dataset, train_transforms)
 from detr_lite.data.synthetic import make_synthetic_dataset
@@ -50,6 +50,13 @@ EPILOG = """faults:
   checkpoint and exits with status 128 + the signal number: 130 for SIGINT, 143 for SIGTERM (the shell's
   convention, so a job script can tell "interrupted, resumable" from "finished"). Further signals are ignored
   until the checkpoint is written. Continue with --resume_from_checkpoint latest.
+
+  A checkpoint is written to checkpoints/.partial-step_N and renamed to step_N once complete, so after a
+  SIGKILL or a crash (during training or during that write) --resume_from_checkpoint latest continues from
+  the last complete checkpoint, at the same step, learning rate, RNG state and batch. Before training, the run
+  stops if --output_dir cannot be created or written, or has less free space than one checkpoint plus the best
+  model. A write that fails later (disk full) stops the run with exit status 1; the incomplete folder is
+  removed and the earlier checkpoints and best/ are left as they were.
 
 bad data:
   Boxes partly outside the image are clipped; boxes without area or not finite, and duplicate or dangling
@@ -286,15 +293,14 @@ def evaluate(accelerator: Accelerator, model, processor, val, args, bad_images: 
 
 def save_model(folder: Path, model, processor, metrics: dict, info: dict) -> None:
     """save_pretrained (safetensors + code) + processor + model card, swapped into place when complete."""
-    partial = folder.with_name(f".partial-{folder.name}")
-    shutil.rmtree(partial, ignore_errors=True)
     model.config.use_pretrained_backbone = False  # the checkpoint carries the backbone weights
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    write_model_card(partial, model.config, metrics, info)
-    (partial / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    hint = ("The checkpoints are not affected: free disk space, then continue with --resume_from_checkpoint "
+            "latest.")
+    with write_atomically(folder, hint) as partial:
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
+        write_model_card(partial, model.config, metrics, info)
+        (partial / "eval_results.json").write_text(json.dumps(metrics, indent=2))
 
 
 def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | None:
@@ -351,6 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
     bad_images = BadImageReport(args.on_bad_sample)
     bad_images.record(problem for problem in train.problems + val.problems if problem.action == "skipped")
     model = build_model(args, model_preset, train.id2label)
+    if accelerator.is_main_process:
+        check_disk_space(output_dir, model, with_ema=bool(args.ema_decay))
     processor = DeTRLiteImageProcessor(size=model.config.image_size)
     collator = DetectionCollator(processor)
     augmented = SeededAugmentation(train, functools.partial(
@@ -553,5 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
+    except CheckpointError as error:  # a full disk: the message says what is intact and what to do
+        raise SystemExit(str(error)) from error
     except BadImageError as error:  # --on_bad_sample error, or an image over --max_image_pixels
         raise SystemExit(str(error)) from error
