@@ -1,4 +1,4 @@
-"""Training checkpoints, written atomically.
+"""Training checkpoints: written atomically, loaded without unpickling anything but tensors and plain data.
 
 Each checkpoint is `{output_dir}/checkpoints/step_{N}`: Accelerate's state (model, optimizer, RNG, registered
 objects: the LR scheduler and the EMA) plus `trainer_state.json`. It is written under a temporary name and renamed
@@ -9,6 +9,7 @@ that `latest` would pick, and a failed write (a full disk) removes the temporary
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -17,17 +18,21 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as weights_only_load
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _PARTIAL = ".partial-"
+# Accelerate's pickle-based files: optimizer/scheduler/sampler `.bin`, the fp16 scaler `.pt`, RNG states and
+# registered objects `.pkl`. The model itself is safetensors.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pkl")
 # Tests only (tests/test_training_faults.py): the save of this step SIGKILLs its own process once Accelerate has
 # written its files and before the checkpoint is complete, as an OOM kill or a power cut would.
 KILL_DURING_SAVE_ENV = "DETR_LITE_TEST_SIGKILL_DURING_SAVE"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint or the best model could not be written; the message says what is intact and what to do."""
+    """A checkpoint or the best model could not be written, or a checkpoint is unsafe to load; says what to do."""
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -143,7 +148,53 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dic
     return final
 
 
+def verify_checkpoint(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose pickle-based files hold anything but tensors and plain data, or cannot be read.
+
+    Each file is read with torch's weights-only unpickler (plus the numpy array types of the RNG states, as
+    Accelerate allows them), which builds no other object and so runs no code.
+
+    Raises:
+        CheckpointError: naming the first such file.
+    """
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in _PICKLE_SUFFIXES):
+        try:
+            weights_only_load(path, map_location="cpu")
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"Refusing to load {path}: it holds Python objects other than tensors and plain data, and loading "
+                "it could run arbitrary code. DeTR-Lite never writes such files, so it was modified or comes from "
+                f"elsewhere. Resume from another checkpoint (delete {checkpoint}) or start afresh."
+            ) from error
+        except (RuntimeError, EOFError) as error:
+            raise CheckpointError(
+                f"Cannot read {path} ({error}): the checkpoint is damaged. Resume from another checkpoint (delete "
+                f"{checkpoint}) or start afresh."
+            ) from error
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Make every torch.load use the weights-only unpickler, even Accelerate's for registered objects, which asks
+    for the full one (`weights_only=False`); so nothing runs code even if a file changed after verification."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
-    """Restore the Accelerate state from `checkpoint` and return its trainer state (step, epoch, ...)."""
-    accelerator.load_state(str(checkpoint))
+    """Restore the Accelerate state from `checkpoint` and return its trainer state (step, epoch, ...).
+
+    Raises:
+        CheckpointError: when a file of the checkpoint is unsafe to load or damaged (see verify_checkpoint).
+    """
+    verify_checkpoint(checkpoint)
+    with _weights_only_loads():
+        accelerator.load_state(str(checkpoint))
     return json.loads((checkpoint / STATE_FILE).read_text())

@@ -58,6 +58,9 @@ EPILOG = """faults:
   model. A write that fails later (disk full) stops the run with exit status 1; the incomplete folder is
   removed and the earlier checkpoints and best/ are left as they were.
 
+  Resuming reads only tensors and plain data: a checkpoint file holding other Python objects (tampered
+  with) is refused, naming the file, before anything is loaded.
+
 bad data:
   Boxes partly outside the image are clipped; boxes without area or not finite, and duplicate or dangling
   annotations, are dropped and counted; an unreadable annotation file, unknown category or malformed field
@@ -561,7 +564,7 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except CheckpointError as error:  # a full disk: the message says what is intact and what to do
+    except CheckpointError as error:  # a full disk, an unsafe checkpoint: the message says what to do
         raise SystemExit(str(error)) from error
     except BadImageError as error:  # --on_bad_sample error, or an image over --max_image_pixels
         raise SystemExit(str(error)) from error

@@ -3,6 +3,7 @@ restores the state; the disk-space preflight."""
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -68,11 +69,13 @@ def save(accelerator, output_dir, step: int, keep_last: int = 2):
 
 
 def test_load_restores_weights_optimizer_schedule_and_ema(tmp_path):
+    """Loading runs with torch's weights-only unpickler forced on; the registered objects still load."""
     accelerator, model, optimizer, scheduler, ema = training_objects()
     saved = save(accelerator, tmp_path, 1)
     expected = ({k: v.clone() for k, v in model.state_dict().items()}, scheduler.state_dict(),
                 {k: v.clone() for k, v in ema.state_dict().items()}, optimizer.state_dict()["state"][0]["exp_avg"])
     accelerator, model, optimizer, scheduler, ema = training_objects(seed=1)
+    force_weights_only = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     assert load_checkpoint(accelerator, saved) == {"step": 1}
     for name, tensor in expected[0].items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -80,6 +83,7 @@ def test_load_restores_weights_optimizer_schedule_and_ema(tmp_path):
     for name, tensor in expected[2].items():
         assert torch.equal(ema.state_dict()[name], tensor), name
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], expected[3])
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == force_weights_only  # restored after loading
 
 
 def test_the_next_save_removes_stale_partial_folders(tmp_path):
