@@ -87,7 +87,7 @@ def _concat_labels(labels: Sequence[Mapping[str, Tensor]], device: torch.device)
 def _solve(cost: np.ndarray) -> tuple[Tensor, Tensor]:
     """Optimal assignment for one (Q, n) cost matrix, rows (queries) in increasing order."""
     queries, targets = linear_sum_assignment(cost)
-    return torch.as_tensor(queries, dtype=torch.int64), torch.as_tensor(targets, dtype=torch.int64)
+    return torch.from_numpy(queries.astype(np.int64, copy=False)), torch.from_numpy(targets.astype(np.int64, copy=False))
 
 
 class HungarianMatcher(nn.Module):
@@ -152,10 +152,11 @@ class HungarianMatcher(nn.Module):
         index = padded_classes[None, :, None, :].expand(num_layers, batch, queries, -1)  # (L, B, Q, N)
         # -p[class] rather than the NLL used by the loss: a probability is bounded like the box
         # costs, so the terms stay commensurable (DETR Sec. 3.1).
-        class_cost = -logits.softmax(-1).gather(-1, index)
-        bbox_cost = torch.cdist(pred_boxes, padded_boxes.expand(num_layers, -1, -1, -1), p=1)
-        giou_cost = -generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(padded_boxes)[None])
-        return self.class_cost * class_cost + self.bbox_cost * bbox_cost + self.giou_cost * giou_cost
+        # Summed in place: each (L, B, Q, N) term is allocated once (see box_ops on the cost of large tensors).
+        cost = logits.softmax(-1).gather(-1, index).mul_(-self.class_cost)
+        cost.add_(torch.cdist(pred_boxes, padded_boxes.expand(num_layers, -1, -1, -1), p=1), alpha=self.bbox_cost)
+        giou = generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(padded_boxes)[None])
+        return cost.sub_(giou, alpha=self.giou_cost)
 
     @staticmethod
     def _assign(cost: np.ndarray, counts: list[int]) -> Matching:
