@@ -136,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int)
     add("--logging_steps", type=int)
     add("--mixed_precision", choices=("no", "fp16", "bf16"), help="default: what accelerate launch says")
+    add("--torch_compile", action="store_true", help="compile the model with torch.compile (through Accelerate)")
+    add("--torch_compile_backend", default="inductor", help="torch.compile backend for --torch_compile")
     add("--with_tracking", action="store_true", help="log to Accelerate trackers")
     add("--report_to", default="tensorboard", help="tracker name(s) for --with_tracking, e.g. tensorboard")
     add("--push_to_hub", action="store_true")
@@ -339,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        dynamo_backend=args.torch_compile_backend if args.torch_compile else None,
         log_with=args.report_to.split(",") if args.with_tracking else None,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -374,6 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                    args.weight_decay))
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # The model itself, without the distributed and torch.compile wrappers (the same parameters): for the EMA,
+    # evaluation and saving, whose inputs differ from the training batches.
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     ema = None
     if args.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
-            accelerator.unwrap_model(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
+            plain_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
         accelerator.register_for_checkpointing(ema)
 
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
@@ -416,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_checkpoint(accelerator, output_dir, dict(state), args.checkpoints_total_limit)
 
     def evaluate_and_keep_best() -> dict:
-        eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
+        eval_model = ema.module if ema is not None else plain_model
         result = evaluate(accelerator, eval_model, processor, val, args, bad_images)
         state["last_eval_step"] = state["step"]
         evaluations.append(state["step"])
@@ -498,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 nonfinite_streak = 0
                 if ema is not None:
-                    ema.update_parameters(accelerator.unwrap_model(model))
+                    ema.update_parameters(plain_model)
             step_skipped = False
             if state["step"] % args.logging_steps == 0:
                 loss = accelerator.reduce(running_loss, "mean").item() / (

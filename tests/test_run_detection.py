@@ -81,12 +81,15 @@ def test_best_model_works_in_the_pipeline(trained, data_dir):
 
 def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
     """2 steps, then resume for 2 more == 4 steps straight: model, optimizer, scheduler, EMA, RNG and the
-    position in the epoch are all restored."""
+    position in the epoch are all restored. The first 2 steps are compiled (--torch_compile)."""
     from safetensors.torch import load_file
 
     ema = ("--ema_decay", "0.5")
     train(preset, data_dir, tmp_path / "straight", *ema)
-    train(preset, data_dir, tmp_path / "resumed", "--max_train_steps", "2", *ema)
+    # The first half runs through torch.compile (the "eager" backend: dynamo's graph capture, no code generation,
+    # so it runs without a C++ compiler) and must give the same training as the uncompiled model.
+    train(preset, data_dir, tmp_path / "resumed", "--max_train_steps", "2", *ema, "--torch_compile",
+          "--torch_compile_backend", "eager")
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["batch_in_epoch"] == 2  # 8 images / batch 2: mid-epoch
     # An interrupted save leaves only a partial folder, which `latest` must ignore.
