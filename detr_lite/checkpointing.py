@@ -23,6 +23,7 @@ from accelerate.utils import load as weights_only_load
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _PARTIAL = ".partial-"
+_PREVIOUS = ".previous-"
 # Accelerate's pickle-based files: optimizer/scheduler/sampler `.bin`, the fp16 scaler `.pt`, RNG states and
 # registered objects `.pkl`. The model itself is safetensors.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pkl")
@@ -114,8 +115,14 @@ def write_atomically(final: Path, hint: str, is_main_process: bool = True) -> It
             f"copy was removed and nothing else was changed. {hint}"
         ) from error
     if is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        # Two renames, not delete-then-rename: a kill between them leaves a complete copy under a known name
+        # for microseconds instead of no copy for as long as deleting the old folder takes.
+        previous = final.with_name(_PREVIOUS + final.name)
+        shutil.rmtree(previous, ignore_errors=True)
+        if final.exists():
+            final.rename(previous)
         partial.rename(final)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: dict, keep_last: int) -> Path:
