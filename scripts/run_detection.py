@@ -263,6 +263,10 @@ def load_data(args: argparse.Namespace, data_preset: dict):
         train.records = train.records[: args.max_train_samples]
     if args.max_eval_samples:
         val.records = val.records[: args.max_eval_samples]
+    for split, dataset in ((args.train_split, train), (args.val_split, val)):
+        if not len(dataset):
+            raise SystemExit(f"{args.data_dir}: split {split!r} has no images; there is nothing to "
+                             f"{'train' if dataset is train else 'evaluate'} on. Check the split's annotations.")
     return train, val
 
 
@@ -332,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_hub_access(args)
     if args.max_consecutive_nonfinite < 1:
         raise SystemExit(f"--max_consecutive_nonfinite must be at least 1, got {args.max_consecutive_nonfinite}.")
+    if args.max_image_pixels < 0:
+        raise SystemExit(f"--max_image_pixels must be 0 (no limit) or positive, got {args.max_image_pixels}.")
     eval_every = every(args.eval_every, "eval_every")
     checkpoint_every = every(args.checkpointing_steps, "checkpointing_steps")
     output_dir = Path(args.output_dir)
@@ -380,6 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
     # The model itself, without the distributed and torch.compile wrappers (the same parameters): for the EMA,
     # evaluation and saving, whose inputs differ from the training batches.
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if not len(train_loader):  # drop_last: fewer images than one batch would train nothing, silently
+        raise SystemExit(f"{args.data_dir}: split {args.train_split!r} has {len(train)} images, fewer than one batch "
+                         f"of {args.per_device_train_batch_size} x {accelerator.num_processes} processes. Lower "
+                         "--per_device_train_batch_size or add images.")
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)

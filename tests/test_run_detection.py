@@ -3,6 +3,7 @@ checkpoints, resume, the saved model and its card, and a two-machine launch on o
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -127,6 +128,25 @@ def test_bad_arguments_fail_clearly(preset, data_dir, tmp_path):
                         "--hub_model_id", "me/x", "--output_dir", str(tmp_path / "out"), check=False, timeout=120)
     assert result.returncode != 0 and "push_to_hub" in result.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()  # failed before training started
+
+
+def test_runs_that_would_train_nothing_stop_before_training(preset, data_dir, tmp_path):
+    """In-process (no subprocess start-up): each case fails with its own message, nothing is written."""
+    sys.path.insert(0, str(SCRIPTS))
+    import run_detection
+
+    common = ["--config", str(preset), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="has 8 images, fewer than one batch of 16 x 1"):
+        run_detection.main([*common, "--data_dir", str(data_dir), "--per_device_train_batch_size", "16"])
+    with pytest.raises(SystemExit, match="--max_image_pixels must be 0"):
+        run_detection.main([*common, "--data_dir", str(data_dir), "--max_image_pixels", "-1"])
+    empty = tmp_path / "empty"
+    shutil.copytree(data_dir, empty)
+    (empty / "annotations" / "instances_train.json").write_text(json.dumps(
+        {**json.loads((empty / "annotations" / "instances_train.json").read_text()), "images": [], "annotations": []}))
+    with pytest.raises(SystemExit, match="split 'train' has no images; there is nothing to train on"):
+        run_detection.main([*common, "--data_dir", str(empty)])
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_evaluate_script_model_and_predictions_agree(trained, data_dir, tmp_path):
