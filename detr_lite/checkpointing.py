@@ -202,6 +202,12 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
         CheckpointError: when a file of the checkpoint is unsafe to load or damaged (see verify_checkpoint).
     """
     verify_checkpoint(checkpoint)
+    rng_states = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_states.is_file():  # Accelerate would only log this and go on with fresh random states
+        raise CheckpointError(
+            f"{rng_states} is missing, so the resumed run could not continue with the same random states (an "
+            f"exact resume). Resume from another checkpoint, or with the number of processes that wrote {checkpoint}."
+        )
     with _weights_only_loads():
         accelerator.load_state(str(checkpoint))
     return json.loads((checkpoint / STATE_FILE).read_text())

@@ -86,6 +86,14 @@ def test_load_restores_weights_optimizer_schedule_and_ema(tmp_path):
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == force_weights_only  # restored after loading
 
 
+def test_a_checkpoint_without_this_process_random_states_is_refused(tmp_path):
+    accelerator = training_objects()[0]
+    saved = save(accelerator, tmp_path, 1)
+    (saved / "random_states_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match="random_states_0.pkl is missing.*exact resume"):
+        load_checkpoint(accelerator, saved)
+
+
 def test_the_next_save_removes_stale_partial_folders(tmp_path):
     accelerator = training_objects()[0]
     stale = tmp_path / "checkpoints" / ".partial-step_7"  # a save killed at step 7 of an earlier run
