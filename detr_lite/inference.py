@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from .data import BadImageReport, DetectionCollator, DetectionDataset, SkipBadImages, detect_layout
 from .data.voc import VOC_LAYOUT
 from .evaluation import coco_evaluate, predictions_to_coco, voc_map50
+from .modeling_detr_lite import mask_if_padded
 
 
 @torch.inference_mode()
@@ -49,7 +50,9 @@ def predict_dataset(
         if "pixel_values" not in batch:
             continue  # every image of the batch was unreadable
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+            pixel_mask = mask_if_padded(batch["pixel_mask"])  # checked on the host, before the transfer
+            outputs = model(pixel_values=batch["pixel_values"].to(device),
+                            pixel_mask=None if pixel_mask is None else pixel_mask.to(device))
         sizes = torch.stack([label["orig_size"] for label in batch["labels"]])
         detections = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
         image_ids = [int(label["image_id"]) for label in batch["labels"]]
