@@ -87,7 +87,8 @@ def _concat_labels(labels: Sequence[Mapping[str, Tensor]], device: torch.device)
 def _solve(cost: np.ndarray) -> tuple[Tensor, Tensor]:
     """Optimal assignment for one (Q, n) cost matrix, rows (queries) in increasing order."""
     queries, targets = linear_sum_assignment(cost)
-    return torch.from_numpy(queries.astype(np.int64, copy=False)), torch.from_numpy(targets.astype(np.int64, copy=False))
+    return (torch.from_numpy(queries.astype(np.int64, copy=False)),
+            torch.from_numpy(targets.astype(np.int64, copy=False)))
 
 
 class HungarianMatcher(nn.Module):

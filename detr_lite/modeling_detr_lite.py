@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers.utils import ModelOutput
 
 from .configuration_detr_lite import DeTRLiteConfig

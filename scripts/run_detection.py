@@ -377,9 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
     # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
     train_loader = DataLoader(SkipBadImages(augmented, replace=True), batch_size=args.per_device_train_batch_size,
-                              shuffle=True,
-                              drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers,
-                              worker_init_fn=ignore_stop_signals)
+                              shuffle=True, drop_last=True, collate_fn=collator,
+                              num_workers=args.dataloader_num_workers, worker_init_fn=ignore_stop_signals)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                    args.weight_decay))
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
