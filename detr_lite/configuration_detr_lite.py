@@ -6,6 +6,7 @@ A saved config therefore reproduces both the network and the training objective 
 from transformers import PreTrainedConfig
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
+_QUERY_SOURCES = ("learned", "encoder")
 
 
 class DeTRLiteConfig(PreTrainedConfig):
@@ -44,7 +45,13 @@ class DeTRLiteConfig(PreTrainedConfig):
     activation_dropout: float = 0.0
     activation_function: str = "relu"
     pre_norm: bool = False  # DETR is post-norm; pre-norm trains more stably with deep stacks
-    num_queries: int = 100  # maximum detections per image
+    num_queries: int = 100  # maximum detections per image ("learned" queries only)
+    # Where the decoder's queries come from. "learned": DETR's num_queries learned embeddings, which must learn
+    # where to look by themselves (DETR's slow convergence). "encoder": one query per encoder token, its content
+    # the projected token and its position the token's, each box predicted relative to an anchor box centred on
+    # its token (as the two-stage variant of Deformable DETR, Zhu et al. 2021): much faster to train from scratch.
+    query_source: str = "learned"
+    anchor_size: float = 0.2  # "encoder" queries: width and height of each token's anchor box (normalised)
     auxiliary_loss: bool = True  # loss on every decoder layer: DETR converges much slower without it
     init_std: float = 0.02
     init_xavier_std: float = 1.0
@@ -55,6 +62,8 @@ class DeTRLiteConfig(PreTrainedConfig):
     # Loss weights (cross-entropy has weight 1)
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
+    # > 1: the auxiliary layers match every target this many times (one-to-many); the last stays one-to-one
+    auxiliary_matching_copies: int = 1
     eos_coefficient: float = 0.1  # weight of the no-object class: ~90 of 100 queries are empty
     # Input
     image_size: int = 640  # the square canvas every image is letterboxed into
@@ -83,6 +92,13 @@ class DeTRLiteConfig(PreTrainedConfig):
         if not isinstance(self.backbone_feature_index, int) or self.backbone_feature_index >= 0:
             fail("backbone_feature_index", f"must be a negative stage index (-1 = last), got "
                  f"{self.backbone_feature_index!r}.")
+        if self.query_source not in _QUERY_SOURCES:
+            fail("query_source", f"must be one of {_QUERY_SOURCES}, got {self.query_source!r}.")
+        if not 0.0 < self.anchor_size <= 1.0:
+            fail("anchor_size", f"must be in (0, 1] (a fraction of the image side), got {self.anchor_size!r}.")
+        if not isinstance(self.auxiliary_matching_copies, int) or self.auxiliary_matching_copies < 1:
+            fail("auxiliary_matching_copies", f"must be a positive integer (1 = one-to-one as in DETR), got "
+                 f"{self.auxiliary_matching_copies!r}.")
         if self.decoder_layers < 1:
             fail("decoder_layers", "at least one decoder layer is needed to produce predictions.")
         for field in ("encoder_attention_heads", "decoder_attention_heads"):

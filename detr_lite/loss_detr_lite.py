@@ -233,7 +233,8 @@ class DeTRLiteLoss(nn.Module):
     Args:
         config: any object with `num_labels`, `eos_coefficient`, the matcher costs `class_cost`,
             `bbox_cost`, `giou_cost`, the loss weights `bbox_loss_coefficient`, `giou_loss_coefficient`,
-            and `auxiliary_loss` (a `DeTRLiteConfig`, or transformers' `DetrConfig`).
+            `auxiliary_loss`, and optionally `auxiliary_matching_copies` (a `DeTRLiteConfig`, or transformers'
+            `DetrConfig`).
     """
 
     def __init__(self, config):
@@ -241,6 +242,8 @@ class DeTRLiteLoss(nn.Module):
         self.num_labels = config.num_labels
         self.eos_coefficient = config.eos_coefficient
         self.auxiliary_loss = config.auxiliary_loss
+        # transformers' DetrConfig has no such field: one-to-one matching everywhere, as in DETR.
+        self.auxiliary_matching_copies = getattr(config, "auxiliary_matching_copies", 1)
         self.matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
         self.losses = ("labels", "boxes", "cardinality")
         # cardinality_error is logged only: it counts argmax predictions and has no gradient.
@@ -277,18 +280,38 @@ class DeTRLiteLoss(nn.Module):
         """
         with torch.autocast(device_type=logits.device.type, enabled=False):
             all_logits, all_boxes = self._stack_layers(logits, pred_boxes, aux_logits, aux_boxes)
-            matching = self.matcher(all_logits, all_boxes, labels)
-            counts = [len(target["boxes"]) for target in labels]
-            targets = _Targets(*_concat_labels(labels, logits.device),
-                               torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))
-            num_boxes = _num_boxes(sum(counts), logits.device)
+            num_layers = len(all_logits)
             total, loss_dict = 0.0, {}
-            for layer, matches in enumerate(_flatten_matches(matching, counts, logits.device)):
-                terms = self._layer_losses(all_logits[layer], all_boxes[layer], targets, matches, num_boxes)
-                total = total + sum(self.weight_dict[name] * value for name, value in terms.items())
-                suffix = "" if layer == len(matching) - 1 else f"_{layer}"
-                loss_dict.update({name + suffix: value.detach() for name, value in terms.items()})
+            for layers, group_labels in self._matching_groups(labels, num_layers):
+                matching = self.matcher(all_logits[layers], all_boxes[layers], group_labels)
+                counts = [len(target["boxes"]) for target in group_labels]
+                targets = _Targets(*_concat_labels(group_labels, logits.device),
+                                   torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))
+                num_boxes = _num_boxes(sum(counts), logits.device)
+                for layer, matches in zip(range(num_layers)[layers], _flatten_matches(matching, counts, logits.device)):
+                    terms = self._layer_losses(all_logits[layer], all_boxes[layer], targets, matches, num_boxes)
+                    total = total + sum(self.weight_dict[name] * value for name, value in terms.items())
+                    suffix = "" if layer == num_layers - 1 else f"_{layer}"
+                    loss_dict.update({name + suffix: value.detach() for name, value in terms.items()})
         return total, loss_dict
+
+    def _matching_groups(
+        self, labels: Sequence[Mapping[str, Tensor]], num_layers: int
+    ) -> list[tuple[slice, Sequence[Mapping[str, Tensor]]]]:
+        """The layers matched together and the targets they are matched to.
+
+        DETR matches every layer one-to-one. With `auxiliary_matching_copies` k > 1 the auxiliary layers match
+        each target k times instead (one-to-many, the "hybrid layers" of H-DETR, Jia et al. 2023): k queries
+        learn from every object, which speeds up convergence, while the last layer, the one used for inference,
+        stays one-to-one and so still needs no duplicate removal.
+        """
+        copies = self.auxiliary_matching_copies
+        if copies == 1 or num_layers == 1:
+            return [(slice(0, num_layers), labels)]
+        repeated = [{"class_labels": target["class_labels"].repeat(copies), "boxes": target["boxes"].repeat(copies, 1)}
+                    for target in labels]
+        # The one-to-one group first: its matcher call validates the targets, naming their original rows.
+        return [(slice(num_layers - 1, num_layers), labels), (slice(0, num_layers - 1), repeated)]
 
     def _stack_layers(
         self, logits: Tensor, pred_boxes: Tensor, aux_logits: Tensor | None, aux_boxes: Tensor | None

@@ -29,6 +29,7 @@ def render_model_card(config, metrics: dict, info: dict, template: Path = TEMPLA
         **{key: str(value) for key, value in info.items()},
         "backbone": config.backbone,
         "num_queries": str(config.num_queries),
+        "queries": _queries(config),
         "image_size": str(config.image_size),
         "map": _number(metrics.get("AP")),
         "map50": _number(metrics.get("AP50")),
@@ -36,6 +37,14 @@ def render_model_card(config, metrics: dict, info: dict, template: Path = TEMPLA
         "metrics_table": "\n".join(["| metric | value |", "|---|---|", *metric_rows]),
     }
     return Template(template.read_text()).safe_substitute(values)
+
+
+def _queries(config) -> str:
+    """How the model's object queries are made, for the card's one-line description."""
+    if getattr(config, "query_source", "learned") == "encoder":
+        refinement = ", refined layer by layer" if config.box_refinement else ""
+        return f"one object query per encoder token (boxes relative to a token-centred anchor{refinement})"
+    return f"{config.num_queries} object queries"
 
 
 def write_model_card(folder: str | Path, config, metrics: dict, info: dict) -> Path:

@@ -36,6 +36,9 @@ class DeTRLiteModelOutput(ModelOutput):
         encoder_last_hidden_state: (B, HW, d_model) encoder output (the decoder's memory).
         cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
         feature_mask: (B, h, w) bool, True where the backbone feature map covers real (unpadded) pixels.
+        initial_queries: (B, Q, d_model) the decoder's input queries, only with `query_source="encoder"`
+            (the projected encoder tokens).
+        reference_boxes: (B, Q, 4) each query's anchor box (cx, cy, w, h), only with `query_source="encoder"`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -43,6 +46,8 @@ class DeTRLiteModelOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
+    initial_queries: torch.FloatTensor | None = None
+    reference_boxes: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -224,6 +229,33 @@ def sine_position_embedding(mask: torch.Tensor, num_features: int, temperature: 
     return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # (B, h * w, 2F)
 
 
+def token_anchor_boxes(feature_mask: torch.Tensor, size: float) -> torch.Tensor:
+    """One anchor box per feature-map token: centred on the token, `size` wide and high.
+
+    Centres are normalised by each image's unpadded extent, the convention of DETR's boxes (and of
+    `sine_position_embedding`); a token over padding gets the centre of the last real row or column.
+
+    Args:
+        feature_mask: (B, h, w) bool, True on real (unpadded) positions.
+        size: anchor width and height, as a fraction of the image side.
+
+    Returns:
+        (B, h * w, 4) float32 (cx, cy, w, h), row-major like the tokens.
+    """
+    not_padded = feature_mask.float()
+    rows, cols = not_padded.cumsum(1), not_padded.cumsum(2)  # 1-based index of each real token
+    centre_y = (rows - 0.5) / rows[:, -1:, :].clamp(min=1)
+    centre_x = (cols - 0.5) / cols[:, :, -1:].clamp(min=1)
+    edge = 1e-3  # inside (0, 1), where the box logit the heads add to is finite
+    centres = torch.stack([centre_x, centre_y], -1).clamp(edge, 1 - edge)  # (B, h, w, 2)
+    return torch.cat([centres, torch.full_like(centres, size)], -1).flatten(1, 2)
+
+
+def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """logit(x) for x in (0, 1), clamped away from 0 and 1 so that it stays finite."""
+    return torch.logit(x, eps=1e-5)
+
+
 def mask_if_padded(pixel_mask: torch.Tensor | None) -> torch.Tensor | None:
     """`pixel_mask`, or None when it is on the host and marks no padding, so that attention skips masking.
 
@@ -385,9 +417,15 @@ class DeTRLiteDecoder(nn.Module):
         query_pos: torch.Tensor,
         padding_mask: torch.Tensor | None,
         need_weights: bool = False,
+        tgt: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Returns every layer's normalised output (L, B, Q, D) and the cross-attention weights per layer."""
-        tgt = torch.zeros_like(query_pos)  # queries start empty; their identity lives in query_pos
+        """Returns every layer's normalised output (L, B, Q, D) and the cross-attention weights per layer.
+
+        `tgt` (B, Q, D) is the queries' initial content; None starts them empty as in DETR, where a learned
+        query's identity lives in `query_pos` alone.
+        """
+        if tgt is None:
+            tgt = torch.zeros_like(query_pos)
         outputs, attentions = [], []
         for layer in self.layers:
             tgt, weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
@@ -478,7 +516,10 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         super().__init__(config)
         self.backbone = DeTRLiteBackbone(config)
         self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
-        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        if config.query_source == "encoder":
+            self.query_projection = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.LayerNorm(config.d_model))
+        else:
+            self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
         self.encoder = DeTRLiteEncoder(config)
         self.decoder = DeTRLiteDecoder(config)
         self.post_init()
@@ -510,14 +551,22 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         padding_mask = None if pixel_mask is None else ~feature_mask.flatten(1)  # (B, HW)
         src = self.input_projection(features).flatten(2).transpose(1, 2)  # (B, HW, D)
         memory = self.encoder(src, pos, padding_mask)
-        query_pos = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, D)
-        hidden, cross_attentions = self.decoder(memory, pos, query_pos, padding_mask, output_attentions)
+        tgt = reference_boxes = None
+        if self.config.query_source == "encoder":
+            # One query per token: its content is the projected token, its position the token's embedding.
+            tgt, query_pos = self.query_projection(memory), pos  # (B, HW, D)
+            reference_boxes = token_anchor_boxes(feature_mask, self.config.anchor_size)  # (B, HW, 4)
+        else:
+            query_pos = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, D)
+        hidden, cross_attentions = self.decoder(memory, pos, query_pos, padding_mask, output_attentions, tgt)
         output = DeTRLiteModelOutput(
             last_hidden_state=hidden[-1],
             intermediate_hidden_states=hidden,
             encoder_last_hidden_state=memory,
             cross_attentions=cross_attentions,
             feature_mask=feature_mask,
+            initial_queries=tgt,
+            reference_boxes=reference_boxes,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -532,6 +581,12 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
         self.bbox_predictor = DeTRLiteMLP(config.d_model, config.d_model, 4, num_layers=3)
         self.criterion = DeTRLiteLoss(config)
         self.post_init()
+        if config.query_source == "encoder":
+            # Boxes are offsets from each token's anchor: a fresh model predicts exactly its anchors.
+            # (A loaded checkpoint overwrites these zeros with its own weights.)
+            with torch.no_grad():
+                self.bbox_predictor.layers[-1].weight.zero_()
+                self.bbox_predictor.layers[-1].bias.zero_()
 
     @property
     def loss_function(self):
@@ -556,10 +611,14 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
         """
         outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions)
         hidden = outputs.intermediate_hidden_states  # (L, B, Q, D)
-        if labels is None:
+        if outputs.initial_queries is not None and (labels is not None or self.config.box_refinement):
+            # The queries' own predictions before any decoder layer: one more auxiliary layer for the loss,
+            # and the first box that refinement starts from.
+            hidden = torch.cat([outputs.initial_queries[None], hidden])
+        elif labels is None:
             hidden = hidden[-1:]  # inference needs the last layer only
         all_logits = self.class_labels_classifier(hidden)  # (L, B, Q, C + 1)
-        all_boxes = self.bbox_predictor(hidden).sigmoid()  # (L, B, Q, 4)
+        all_boxes = self._boxes(self.bbox_predictor(hidden), outputs.reference_boxes)  # (L, B, Q, 4)
         logits, pred_boxes = all_logits[-1], all_boxes[-1]
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
@@ -580,3 +639,20 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             feature_mask=outputs.feature_mask,
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _boxes(self, offsets: torch.Tensor, reference_boxes: torch.Tensor | None) -> torch.Tensor:
+        """Box head outputs (L, B, Q, 4) -> boxes (cx, cy, w, h) in [0, 1].
+
+        Learned queries: sigmoid(offsets), as DETR. Encoder queries: offsets in logit space from each query's
+        anchor; with `box_refinement`, each layer refines the box of the layer before it instead (Deformable
+        DETR's iterative refinement), the previous box detached so that every layer learns its own correction.
+        """
+        if reference_boxes is None:
+            return offsets.sigmoid()
+        if not self.config.box_refinement:
+            return (offsets + inverse_sigmoid(reference_boxes)).sigmoid()
+        boxes, reference = [], reference_boxes
+        for layer_offsets in offsets:
+            boxes.append((layer_offsets + inverse_sigmoid(reference)).sigmoid())
+            reference = boxes[-1].detach()
+        return torch.stack(boxes)

@@ -1,0 +1,97 @@
+"""Encoder queries, anchor boxes, box refinement and one-to-many auxiliary matching (the quickstart's recipe)."""
+
+import pytest
+import torch
+
+from conftest import random_labels, tiny_config
+from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection
+from detr_lite.loss_detr_lite import DeTRLiteLoss
+from detr_lite.modeling_detr_lite import token_anchor_boxes
+
+ENCODER = dict(query_source="encoder", anchor_size=0.25)
+TOKENS = (128 // 32) ** 2  # tiny config: 128-pixel canvas, stride-32 features
+
+
+def test_anchor_centres_follow_the_unpadded_extent():
+    mask = torch.zeros(1, 2, 4, dtype=torch.bool)
+    mask[0, :, :2] = True  # the right half of the feature map is padding
+    anchors = token_anchor_boxes(mask, 0.3).view(2, 4, 4)
+    torch.testing.assert_close(anchors[0, :2, 0], torch.tensor([0.25, 0.75]))  # x over the 2 real columns
+    torch.testing.assert_close(anchors[:, 0, 1], torch.tensor([0.25, 0.75]))  # y over the 2 real rows
+    assert (anchors[:, 2:, 0] == 0.75).all()  # padding: the centre of the last real column
+    assert (anchors[..., 2:] == 0.3).all()
+
+
+@pytest.mark.parametrize("box_refinement", [False, True])
+def test_one_query_per_token_starting_on_its_anchor(box_refinement):
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(**ENCODER, box_refinement=box_refinement)).eval()
+    assert not hasattr(model.model, "query_position_embeddings")  # num_queries plays no part
+    pixels = torch.randn(2, 3, 128, 128)
+    mask = torch.ones(2, 128, 128, dtype=torch.long)
+    mask[1, :, 64:] = 0
+    with torch.no_grad():
+        outputs = model(pixels, pixel_mask=mask)
+        anchors = token_anchor_boxes(outputs.feature_mask, 0.25)
+        assert outputs.logits.shape == (2, TOKENS, 4) and outputs.pred_boxes.shape == (2, TOKENS, 4)
+        # A fresh model predicts every anchor exactly (the box head's last layer starts at zero) ...
+        torch.testing.assert_close(outputs.pred_boxes, anchors, atol=1e-5, rtol=0)
+        # ... and its boxes move with what the heads output, relative to the anchor.
+        model.bbox_predictor.layers[-1].bias.fill_(1.0)
+        moved = model(pixels, pixel_mask=mask).pred_boxes
+    steps = 4 if box_refinement else 1  # refinement adds the offset once per layer: initial + 3 decoder layers
+    expected = (torch.logit(anchors, eps=1e-5) + steps).sigmoid()
+    torch.testing.assert_close(moved, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_adds_the_initial_queries_as_an_auxiliary_layer():
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(**ENCODER, box_refinement=True)).train()
+    outputs = model(torch.randn(2, 3, 128, 128), labels=random_labels(2, generator=torch.Generator().manual_seed(0)))
+    assert len(outputs.auxiliary_outputs) == 3  # the queries before the decoder, then decoder layers 1 and 2
+    assert {f"loss_giou_{layer}" for layer in range(3)} <= set(outputs.loss_dict)
+    outputs.loss.backward()
+    assert model.model.query_projection[0].weight.grad.abs().sum() > 0
+    assert model.model.backbone.body.layer4[0].downsample[0].weight.grad.abs().sum() > 0  # timm: see test_modeling
+
+
+def test_save_and_reload_give_the_same_detections(tmp_path):
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(**ENCODER, box_refinement=True)).eval()
+    torch.nn.init.normal_(model.bbox_predictor.layers[-1].weight, std=0.1)  # off the anchors
+    model.save_pretrained(tmp_path)
+    reloaded = DeTRLiteForObjectDetection.from_pretrained(tmp_path).eval()
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected, got = model(pixels), reloaded(pixels)
+    assert torch.equal(expected.pred_boxes, got.pred_boxes) and torch.equal(expected.logits, got.logits)
+
+
+def _criterion(copies: int) -> DeTRLiteLoss:
+    return DeTRLiteLoss(DeTRLiteConfig(num_labels=3, decoder_layers=3, auxiliary_matching_copies=copies))
+
+
+def test_auxiliary_layers_match_each_target_several_times_and_the_last_layer_once():
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    labels = [{"class_labels": torch.tensor([1]), "boxes": target}]
+    boxes = torch.tensor([0.1, 0.1, 0.05, 0.05]).repeat(3, 1, 8, 1)  # (layers, batch, queries, 4): far away
+    boxes[:, 0, :3] = target  # three queries sit exactly on the object in every layer
+    logits = torch.zeros(3, 1, 8, 4)
+    for copies, expected_aux_l1 in ((3, 0.0), (4, None)):
+        _, losses = _criterion(copies)(logits[-1], boxes[-1], labels, logits[:-1], boxes[:-1])
+        assert losses["loss_bbox"] == 0  # last layer: one-to-one, matched to an exact query
+        if expected_aux_l1 is not None:
+            # Three copies are matched to the three exact queries: nothing to learn.
+            assert losses["loss_bbox_0"] == 0 and losses["loss_bbox_1"] == 0
+        else:
+            # A fourth copy must take a far query: the auxiliary layers now pay for it, a quarter of the boxes.
+            far_l1 = (boxes[0, 0, 3] - target[0]).abs().sum()
+            torch.testing.assert_close(losses["loss_bbox_0"], far_l1 / 4)
+            assert losses["cardinality_error_0"] == losses["cardinality_error"] - 3  # 4 targets vs 1
+
+
+@pytest.mark.parametrize(("field", "value"), [("query_source", "grid"), ("anchor_size", 0.0),
+                                              ("anchor_size", 1.5), ("auxiliary_matching_copies", 0)])
+def test_invalid_recipe_fields_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
