@@ -174,9 +174,9 @@ def _pad_targets(classes: Tensor, boxes: Tensor, counts: list[int]) -> tuple[Ten
     Padding boxes are a valid full-image box so that every cost stays finite; their columns are never read.
     """
     width = max(max(counts, default=0), 1)
-    rows = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts, dtype=torch.int64))
-    cols = torch.cat([torch.arange(count) for count in counts]) if counts else rows
-    rows, cols = rows.to(classes.device), cols.to(classes.device)
+    # (row, column) of every real target, row-major like the concatenation; built on the host, so no device sync.
+    real = torch.arange(width) < torch.as_tensor(counts, dtype=torch.int64).reshape(-1, 1)  # (B, N)
+    rows, cols = (index.to(classes.device) for index in real.nonzero(as_tuple=True))
     padded_classes = classes.new_zeros((len(counts), width))
     padded_boxes = boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(counts), width, 1)
     padded_classes[rows, cols] = classes
