@@ -313,7 +313,8 @@ def save_model(folder: Path, model, processor, metrics: dict, info: dict) -> Non
 
 
 def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | None:
-    """An annotated prediction on the first validation image, so a user sees what the model does."""
+    """An annotated prediction on the first validation image, so a user sees what the model does: the
+    detections scoring above 0.5, or the 3 best when none does."""
     from detr_lite.visualization import draw_detections
 
     sample = SkipBadImages(val, replace=True)[0]  # the first readable validation image
@@ -326,6 +327,11 @@ def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | No
                         pixel_mask=inputs["pixel_mask"].to(model.device))
     size = [(sample["image"].height, sample["image"].width)]
     detections = processor.post_process_object_detection(outputs, threshold=0.5, target_sizes=size)[0]
+    if not len(detections["scores"]):
+        # A short run may score nothing above 0.5: an empty picture would hide what the model has learned.
+        detections = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=size, top_k=3)[0]
+        logger.info("No detection on the sample image scores above 0.5; drawing the 3 best (scores %s).",
+                    ", ".join(f"{score:.2f}" for score in detections["scores"].tolist()))
     path = output_dir / "sample_prediction.jpg"
     draw_detections(sample["image"], {k: v.cpu() for k, v in detections.items()}, model.config.id2label).save(path)
     return path
