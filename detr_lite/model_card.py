@@ -28,7 +28,6 @@ def render_model_card(config, metrics: dict, info: dict, template: Path = TEMPLA
     values = {
         **{key: str(value) for key, value in info.items()},
         "backbone": config.backbone,
-        "num_queries": str(config.num_queries),
         "queries": _queries(config),
         "image_size": str(config.image_size),
         "map": _number(metrics.get("AP")),
@@ -41,7 +40,7 @@ def render_model_card(config, metrics: dict, info: dict, template: Path = TEMPLA
 
 def _queries(config) -> str:
     """How the model's object queries are made, for the card's one-line description."""
-    if getattr(config, "query_source", "learned") == "encoder":
+    if config.query_source == "encoder":
         refinement = ", refined layer by layer" if config.box_refinement else ""
         return f"one object query per encoder token (boxes relative to a token-centred anchor{refinement})"
     return f"{config.num_queries} object queries"

@@ -18,3 +18,11 @@ def test_card_has_metadata_labels_and_metrics():
     assert {m["name"]: m["value"] for m in results["metrics"]} == {"mAP@[.5:.95]": 0.4321, "mAP@0.5": 0.7}
     assert "| 0 | circle | 0.9000 |" in card and "| 1 | square | n/a |" in card and "| 2 | triangle | n/a |" in card
     assert "python scripts/run_detection.py" in card
+
+
+def test_card_describes_how_the_queries_are_made():
+    info = {"model_name": "me/shapes"}
+    learned = render_model_card(tiny_config(), {}, info)
+    encoder = render_model_card(tiny_config(query_source="encoder", box_refinement=True), {}, info)
+    assert "6 object queries" in learned and "encoder token" not in learned
+    assert "one object query per encoder token" in encoder and "refined layer by layer" in encoder
