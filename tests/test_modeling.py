@@ -55,6 +55,27 @@ def test_eager_attention_matches_sdpa_and_respects_padding(tiny_model):
     assert weights[-1][..., padded_tokens].abs().max() == 0
 
 
+def test_bf16_attention_on_the_cpu_matches_float32_with_padding():
+    """The CPU bf16 path (its own kernel choice) attends like float32 and never to padded keys."""
+    from detr_lite.modeling_detr_lite import DeTRLiteAttention
+
+    torch.manual_seed(0)
+    attention = DeTRLiteAttention(d_model=64, num_heads=8, dropout=0.0).eval()
+    query, key = torch.randn(2, 10, 64), torch.randn(2, 12, 64)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[1, 7:] = True
+    with torch.no_grad():
+        reference, _ = attention(query, key, key, padding)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, _ = attention(query, key, key, padding)
+            changed = key.clone()
+            changed[1, 7:] += 100.0  # only padded keys of image 1 change
+            after, _ = attention(query, changed, changed, padding)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(after, low, atol=0, rtol=0)
+
+
 def test_padding_mask_changes_the_prediction(tiny_model):
     pixel_values, pixel_mask = padded_batch()
     with torch.no_grad():
