@@ -22,8 +22,9 @@ def _folder_bytes(root):
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
-    first = _folder_bytes(make_synthetic_dataset(tmp_path / "a", num_train=4, num_val=2, seed=3))
-    second = _folder_bytes(make_synthetic_dataset(tmp_path / "b", num_train=4, num_val=2, seed=3))
+    first = _folder_bytes(make_synthetic_dataset(tmp_path / "a", num_train=4, num_val=2, seed=3, workers=1))
+    # rendered by 3 processes: the same bytes
+    second = _folder_bytes(make_synthetic_dataset(tmp_path / "b", num_train=4, num_val=2, seed=3, workers=3))
     other = _folder_bytes(make_synthetic_dataset(tmp_path / "c", num_train=4, num_val=2, seed=4))
     assert first.keys() == second.keys() and len(first) == 4 + 2 + 3  # images, 2 JSON, manifest
     assert first == second

@@ -17,10 +17,14 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
+import multiprocessing
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +97,7 @@ def make_synthetic_dataset(
     num_val: int = 200,
     seed: int = 0,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Write the synthetic shapes dataset (cached: a complete identical set is reused).
 
@@ -102,6 +107,8 @@ def make_synthetic_dataset(
         num_val: Number of validation images.
         seed: Generation seed; the same seed gives the same files.
         progress: Show a progress bar per split.
+        workers: Processes rendering images in parallel (the files do not depend on it); None: one per
+            available core for sets of 64 images or more, else 1.
 
     Returns:
         ``Path(output_dir)``, ready for the COCO loader with splits ``"train"`` and ``"val"``.
@@ -120,8 +127,10 @@ def make_synthetic_dataset(
     if _is_complete(root, manifest):
         return root
     (root / MANIFEST_NAME).unlink(missing_ok=True)
+    if workers is None:
+        workers = _available_cores() if num_train + num_val >= 64 else 1
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, count, seed, progress)
+        _write_split(root, split, split_index, count, seed, progress, workers)
     _write_json_atomic(root / MANIFEST_NAME, manifest)
     return root
 
@@ -296,18 +305,22 @@ def _annotation(instance_map: np.ndarray, k: int, shape: _Shape) -> dict:
     return {"category_id": shape.label + 1, "bbox": box, "area": int(ys.size), "iscrowd": 0}
 
 
-def _write_split(root: Path, split: str, split_index: int, count: int, seed: int, progress: bool) -> None:
+def _write_split(root: Path, split: str, split_index: int, count: int, seed: int, progress: bool,
+                 workers: int) -> None:
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for index in tqdm(range(count), desc=f"synthetic {split}", unit="img", disable=not progress):
-        sample = render_sample(seed, split_index, index)
-        height, width = sample.image.shape[:2]
-        file_name = f"{index:06d}.jpg"
-        Image.fromarray(sample.image).save(image_dir / file_name, **JPEG_OPTIONS)
-        images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
-        for annotation in sample.annotations:
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **annotation})
+    write = functools.partial(_write_image, image_dir, seed, split_index)
+    # fork: the workers need only numpy and Pillow, and start at once (spawn would re-import torch in each).
+    parallel = workers > 1 and count > 1 and "fork" in multiprocessing.get_all_start_methods()
+    with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if parallel
+          else contextlib.nullcontext()) as pool:
+        written = pool.map(write, range(count), chunksize=16) if parallel else map(write, range(count))
+        for index, (file_name, width, height, image_annotations) in enumerate(
+                tqdm(written, total=count, desc=f"synthetic {split}", unit="img", disable=not progress)):
+            images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
+            for annotation in image_annotations:
+                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **annotation})
     _remove_stale_images(image_dir, count)
     coco = {
         "info": {"description": "DeTR-Lite synthetic shapes", "version": GENERATOR_VERSION, "seed": seed},
@@ -316,6 +329,19 @@ def _write_split(root: Path, split: str, split_index: int, count: int, seed: int
         "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)],
     }
     _write_json_atomic(root / "annotations" / f"instances_{split}.json", coco)
+
+
+def _write_image(image_dir: Path, seed: int, split_index: int, index: int) -> tuple[str, int, int, list[dict]]:
+    """Render and save one image; returns its file name, width, height and annotations."""
+    sample = render_sample(seed, split_index, index)
+    height, width = sample.image.shape[:2]
+    file_name = f"{index:06d}.jpg"
+    Image.fromarray(sample.image).save(image_dir / file_name, **JPEG_OPTIONS)
+    return file_name, width, height, sample.annotations
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _remove_stale_images(image_dir: Path, count: int) -> None:
