@@ -1,22 +1,15 @@
 """scripts/convert_dataset.py and the writers it uses (detr_lite/data/writers.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from scripts_helpers import load_script
 from test_datasets import make_coco, make_voc
 
 from detr_lite.data import detect_layout, load_detection_dataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_dataset.py"
-
 
 def convert(*argv: str) -> None:
-    spec = importlib.util.spec_from_file_location("convert_dataset", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(list(argv))
+    load_script("convert_dataset.py").main(list(argv))
 
 
 def class_names(dataset, index: int) -> list[str]:

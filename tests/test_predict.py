@@ -1,6 +1,5 @@
 """scripts/predict.py: one run writes detections.json, annotated and attention images; bad input is named."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,16 +9,9 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 from conftest import TINY_MODEL
-from scripts_helpers import SCRIPTS, run_script
+from scripts_helpers import load_script, run_script
 
 ID2LABEL = TINY_MODEL["id2label"]
-
-
-def load_predict_module():
-    spec = importlib.util.spec_from_file_location("predict_script", SCRIPTS / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +88,7 @@ def test_json_equals_the_processors_post_processing(run, model_dir, images):
 
 
 def test_missing_model_folder_and_missing_input_are_named(tmp_path, model_dir, images, capsys):
-    predict = load_predict_module()
+    predict = load_script("predict.py")
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--model", str(tmp_path / "nope"), str(images)])
     assert exit_info.value.code == 2
@@ -112,7 +104,7 @@ def test_missing_model_folder_and_missing_input_are_named(tmp_path, model_dir, i
 
 
 def test_output_names_mirror_folders_and_never_collide(tmp_path):
-    predict = load_predict_module()
+    predict = load_script("predict.py")
     for name in ("photos/a.jpg", "photos/a.png", "photos/x/a.JPG", "photos/x/y/b.webp", "other/a.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()

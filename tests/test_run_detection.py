@@ -1,7 +1,6 @@
 """scripts/run_detection.py and scripts/evaluate.py end to end on a tiny synthetic set: training, evaluation,
 checkpoints, resume, the saved model and its card, and a two-machine launch on one host."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scripts_helpers import SCRIPTS, run_script
+from scripts_helpers import SCRIPTS, load_script, run_script
 
 from detr_lite.data.synthetic import make_synthetic_dataset
 
@@ -92,7 +91,7 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     preset.write_text(json.dumps(recipe))
     result = train(preset, data_dir, tmp_path / "run")
     # "auto" trains in bf16 exactly where this machine computes it natively.
-    expected = "bf16" if load_run_detection().native_bf16() else "no"
+    expected = "bf16" if load_script("run_detection.py").native_bf16() else "no"
     assert f"mixed precision: {expected}" in result.stderr
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_steps"] == 2
     from detr_lite import DeTRLiteForObjectDetection
@@ -111,15 +110,8 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     assert changed > 0.005, "no box drawn on the sample prediction"
 
 
-def load_run_detection():
-    spec = importlib.util.spec_from_file_location("run_detection", SCRIPTS / "run_detection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_mixed_precision_auto_is_native_bf16_and_a_flag_or_the_launcher_wins(monkeypatch):
-    run_detection = load_run_detection()
+    run_detection = load_script("run_detection.py")
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(run_detection, "native_bf16", lambda: True)
     assert run_detection.resolve_mixed_precision("auto", flag_given=False) == "bf16"

@@ -3,7 +3,6 @@ preemption) checkpoints the current step and exits with 128 + 15; after SIGKILL,
 checkpoint write, --resume_from_checkpoint latest continues from the last complete checkpoint exactly; an unusable
 output folder or too little disk space stops the run before training, a disk filling up stops it cleanly."""
 
-import importlib.util
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from scripts_helpers import SCRIPTS, run_script
+from scripts_helpers import SCRIPTS, load_script, run_script
 from test_checkpointing import file_size_limit
 from test_run_detection import TINY_PRESET
 
@@ -106,10 +105,7 @@ def test_help_documents_the_exit_codes():
 
 def run_detection_module():
     """scripts/run_detection.py imported in-process, to call main() for failures that happen before training."""
-    spec = importlib.util.spec_from_file_location("run_detection", SCRIPTS / "run_detection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_detection.py")
 
 
 def test_an_output_dir_that_cannot_be_created_fails_before_training(data_dir, tmp_path):
