@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +130,13 @@ def make_synthetic_dataset(
     (root / MANIFEST_NAME).unlink(missing_ok=True)
     if workers is None:
         workers = _available_cores() if num_train + num_val >= 64 else 1
-    for split_index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, count, seed, progress, workers)
+    # fork: the workers need only numpy and Pillow, and start at once (spawn would re-import torch in each).
+    parallel = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if parallel
+          else contextlib.nullcontext()) as pool:
+        map_images = functools.partial(pool.map, chunksize=16) if parallel else map  # results in input order
+        for split_index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
+            _write_split(root, split, split_index, count, seed, progress, map_images)
     _write_json_atomic(root / MANIFEST_NAME, manifest)
     return root
 
@@ -306,21 +312,16 @@ def _annotation(instance_map: np.ndarray, k: int, shape: _Shape) -> dict:
 
 
 def _write_split(root: Path, split: str, split_index: int, count: int, seed: int, progress: bool,
-                 workers: int) -> None:
+                 map_images: Callable) -> None:
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    write = functools.partial(_write_image, image_dir, seed, split_index)
-    # fork: the workers need only numpy and Pillow, and start at once (spawn would re-import torch in each).
-    parallel = workers > 1 and count > 1 and "fork" in multiprocessing.get_all_start_methods()
-    with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if parallel
-          else contextlib.nullcontext()) as pool:
-        written = pool.map(write, range(count), chunksize=16) if parallel else map(write, range(count))
-        for index, (file_name, width, height, image_annotations) in enumerate(
-                tqdm(written, total=count, desc=f"synthetic {split}", unit="img", disable=not progress)):
-            images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
-            for annotation in image_annotations:
-                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **annotation})
+    written = map_images(functools.partial(_write_image, image_dir, seed, split_index), range(count))
+    for index, (file_name, width, height, image_annotations) in enumerate(
+            tqdm(written, total=count, desc=f"synthetic {split}", unit="img", disable=not progress)):
+        images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
+        for annotation in image_annotations:
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **annotation})
     _remove_stale_images(image_dir, count)
     coco = {
         "info": {"description": "DeTR-Lite synthetic shapes", "version": GENERATOR_VERSION, "seed": seed},
