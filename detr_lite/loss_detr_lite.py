@@ -19,8 +19,22 @@ from torch import Tensor, nn
 
 from .box_ops import center_to_corners, generalized_box_iou, paired_generalized_box_iou
 
-Matching = list[list[tuple[Tensor, Tensor]]]
-"""[layer][image] -> (query_indices, target_indices), int64 on the CPU."""
+
+class Matching(NamedTuple):
+    """The matched (query, target) pairs of L decoder layers, all images together, int64 on the CPU.
+
+    An image with n targets gets min(Q, n) pairs in every layer, so the layers share one layout: pairs
+    grouped by image in batch order, sorted by query within an image.
+    """
+
+    image: Tensor  # (M,) the image of each pair, the same in every layer
+    query: Tensor  # (L, M) query index within the image
+    target: Tensor  # (L, M) index into the image's own targets
+
+    def pairs(self, layer: int, image: int) -> tuple[Tensor, Tensor]:
+        """(query_indices, target_indices) of one layer and image, sorted by query."""
+        selected = self.image == image
+        return self.query[layer, selected], self.target[layer, selected]
 
 
 class NonFinitePredictionError(ValueError):
@@ -84,13 +98,6 @@ def _concat_labels(labels: Sequence[Mapping[str, Tensor]], device: torch.device)
     return classes, boxes
 
 
-def _solve(cost: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Optimal assignment for one (Q, n) cost matrix, rows (queries) in increasing order."""
-    queries, targets = linear_sum_assignment(cost)
-    return (torch.from_numpy(queries.astype(np.int64, copy=False)),
-            torch.from_numpy(targets.astype(np.int64, copy=False)))
-
-
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising the DETR matching cost.
 
@@ -117,8 +124,7 @@ class HungarianMatcher(nn.Module):
                 (cx, cy, w, h); n may be 0.
 
         Returns:
-            [layer][image] -> (query_indices, target_indices), int64 on the CPU, sorted by query index,
-            min(Q, n) pairs each (empty for an image without targets).
+            The optimal pairs of every layer and image, min(Q, n) for an image with n targets.
         """
         if logits.ndim != 4 or pred_boxes.shape != (*logits.shape[:3], 4):
             raise ValueError(f"HungarianMatcher expects logits (L, B, Q, C + 1) and pred_boxes (L, B, Q, 4), got "
@@ -142,30 +148,43 @@ class HungarianMatcher(nn.Module):
         return self._assign(host_cost.reshape(cost.shape), counts)
 
     def _cost(self, logits: Tensor, pred_boxes: Tensor, classes: Tensor, boxes: Tensor, counts: list[int]) -> Tensor:
-        """Cost between every query of an image and that image's own targets, padded to the largest count.
+        """Cost between each image's own targets and its queries, padded to the largest count.
 
         logits (L, B, Q, C + 1), pred_boxes (L, B, Q, 4), classes (T,), boxes (T, 4) of all images concatenated
-        -> (L, B, Q, N) with N = max(counts). Padding every image to N keeps the computation one batched tensor
-        op while doing B times less work than pairing each query with the targets of the whole batch.
+        -> (L, B, N, Q) with N = max(counts). Padding every image to N keeps the computation one batched tensor
+        op while doing B times less work than pairing each query with the targets of the whole batch. Targets
+        come first: scipy solves an (n, Q) problem with n <= Q without transposing it, and the broadcast
+        products run along the long query axis.
         """
         padded_classes, padded_boxes = _pad_targets(classes, boxes, counts)  # (B, N), (B, N, 4)
         num_layers, batch, queries = logits.shape[:3]
         index = padded_classes[None, :, None, :].expand(num_layers, batch, queries, -1)  # (L, B, Q, N)
         # -p[class] rather than the NLL used by the loss: a probability is bounded like the box
         # costs, so the terms stay commensurable (DETR Sec. 3.1).
-        # Summed in place: each (L, B, Q, N) term is allocated once (see box_ops on the cost of large tensors).
-        cost = logits.softmax(-1).gather(-1, index).mul_(-self.class_cost)
-        cost.add_(torch.cdist(pred_boxes, padded_boxes.expand(num_layers, -1, -1, -1), p=1), alpha=self.bbox_cost)
-        giou = generalized_box_iou(center_to_corners(pred_boxes), center_to_corners(padded_boxes)[None])
+        class_cost = logits.softmax(-1).gather(-1, index).mT  # (L, B, N, Q), strided
+        # Summed in place: each (L, B, N, Q) term is allocated once (see box_ops on the cost of large tensors).
+        cost = torch.mul(class_cost, -self.class_cost, out=logits.new_empty(class_cost.shape))
+        cost.add_(torch.cdist(padded_boxes.expand(num_layers, -1, -1, -1), pred_boxes, p=1), alpha=self.bbox_cost)
+        giou = generalized_box_iou(center_to_corners(padded_boxes)[None], center_to_corners(pred_boxes))
         return cost.sub_(giou, alpha=self.giou_cost)
 
     @staticmethod
     def _assign(cost: np.ndarray, counts: list[int]) -> Matching:
-        """Solve each (layer, image) problem on its unpadded part of the (L, B, Q, N) host cost."""
-        return [
-            [_solve(layer_cost[image, :, :count]) for image, count in enumerate(counts)]
-            for layer_cost in cost
-        ]
+        """Solve each (layer, image) problem on its unpadded part of the (L, B, N, Q) host cost."""
+        num_layers, _, _, queries = cost.shape
+        sizes = np.minimum(counts, queries)
+        starts = np.cumsum(sizes) - sizes
+        query = np.empty((num_layers, sizes.sum()), dtype=np.int64)
+        target = np.empty_like(query)
+        for layer, layer_cost in enumerate(cost):
+            for image_cost, count, start, size in zip(layer_cost, counts, starts, sizes):
+                pairs = slice(start, start + size)
+                target[layer, pairs], query[layer, pairs] = linear_sum_assignment(image_cost[:count])
+        # scipy lists the pairs by target; order them by query within each image (image-major keys).
+        image = np.repeat(np.arange(len(counts)), sizes)
+        order = np.argsort(image * queries + query, axis=1)
+        return Matching(torch.from_numpy(image), torch.from_numpy(np.take_along_axis(query, order, 1)),
+                        torch.from_numpy(np.take_along_axis(target, order, 1)))
 
 
 def _pad_targets(classes: Tensor, boxes: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
@@ -201,20 +220,12 @@ class _Matches(NamedTuple):
 
 
 def _flatten_matches(matching: Matching, counts: list[int], device: torch.device) -> list[_Matches]:
-    """Turn [layer][image] index pairs into per-layer flat device index tensors, in one copy."""
-    offsets = np.cumsum([0, *counts[:-1]])
-
-    def flat(layer: list[tuple[Tensor, Tensor]]) -> Tensor:  # (3, M)
-        return torch.stack([
-            torch.cat([torch.full_like(queries, image) for image, (queries, _) in enumerate(layer)]),
-            torch.cat([queries for queries, _ in layer]),
-            torch.cat([targets + int(offsets[image]) for image, (_, targets) in enumerate(layer)]),
-        ])
-
-    # Every layer matches min(Q, n) pairs per image, so the layers stack. non_blocking: a copy from
-    # pageable memory is staged at once and does not wait for the queued device work.
-    stacked = torch.stack([flat(layer) for layer in matching]).to(device, non_blocking=True)  # (L, 3, M)
-    return [_Matches(*layer) for layer in stacked]
+    """Per-layer device index tensors of the matched pairs, targets indexed into the concatenation, in one copy."""
+    offsets = torch.as_tensor(np.cumsum(counts) - counts, dtype=torch.int64)
+    image = matching.image.expand_as(matching.query)
+    # non_blocking: a copy from pageable memory is staged at once and does not wait for the queued device work.
+    stacked = torch.stack([image, matching.query, matching.target + offsets[image]], dim=1)  # (L, 3, M)
+    return [_Matches(*layer) for layer in stacked.to(device, non_blocking=True)]
 
 
 def _num_boxes(total: int, device: torch.device) -> Tensor:

@@ -321,7 +321,8 @@ def benchmark_matcher(args: argparse.Namespace) -> dict:
     matcher = HungarianMatcher()
     costs = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
     reference, matrices = reference_match(logits, boxes, labels, costs)
-    lite = [pair for layer in matcher(*device_inputs) for pair in layer]
+    matching = matcher(*device_inputs)
+    lite = [matching.pairs(layer, image) for layer in range(layers) for image in range(batch)]
     lite_total = total_cost([(q.numpy(), t.numpy()) for q, t in lite], matrices)
     reference_total = total_cost(reference, matrices)
     seconds = interleaved_medians({"detr_lite": lambda: matcher(*device_inputs),

@@ -49,9 +49,11 @@ def test_assignment_is_optimal_and_one_to_one(seed, weights):
     counts = random_counts(seed)
     labels = random_labels(seed, counts)
     matching = HungarianMatcher(*weights)(logits, boxes, labels)
-    assert len(matching) == LAYERS and all(len(layer) == BATCH for layer in matching)
+    assert matching.query.shape == matching.target.shape == (LAYERS, len(matching.image))
+    assert torch.equal(matching.image, matching.image.sort().values)
     for layer in range(LAYERS):
-        for image, (queries, targets) in enumerate(matching[layer]):
+        for image in range(BATCH):
+            queries, targets = matching.pairs(layer, image)
             assert queries.dtype == targets.dtype == torch.int64 and queries.device.type == "cpu"
             assert len(queries) == len(targets) == min(QUERIES, counts[image])
             assert len(set(queries.tolist())) == len(queries) and len(set(targets.tolist())) == len(targets)
@@ -64,7 +66,7 @@ def test_assignment_is_optimal_and_one_to_one(seed, weights):
 def test_batch_without_targets_gives_empty_indices():
     logits, boxes = random_outputs(0)
     matching = HungarianMatcher()(logits, boxes, random_labels(0, [0] * BATCH))
-    assert all(len(queries) == len(targets) == 0 for layer in matching for queries, targets in layer)
+    assert matching.image.shape == (0,) and matching.query.shape == matching.target.shape == (LAYERS, 0)
 
 
 def test_cost_weights_change_the_assignment():
@@ -74,7 +76,7 @@ def test_cost_weights_change_the_assignment():
     boxes = torch.tensor([[[[0.8, 0.8, 0.1, 0.1], [0.3, 0.3, 0.2, 0.2]]]])
     labels = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]])}]
     winner = {
-        weights: HungarianMatcher(*weights)(logits, boxes, labels)[0][0][0].item()
+        weights: HungarianMatcher(*weights)(logits, boxes, labels).query[0, 0].item()
         for weights in [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (10.0, 1.0, 1.0), (1.0, 5.0, 2.0)]
     }
     assert winner == {(1.0, 0.0, 0.0): 0, (0.0, 1.0, 0.0): 1, (0.0, 0.0, 1.0): 1, (10.0, 1.0, 1.0): 0,
