@@ -162,7 +162,8 @@ class HungarianMatcher(nn.Module):
         # -p[class] rather than the NLL used by the loss: a probability is bounded like the box
         # costs, so the terms stay commensurable (DETR Sec. 3.1).
         class_cost = logits.softmax(-1).gather(-1, index).mT  # (L, B, N, Q), strided
-        # Summed in place: each (L, B, N, Q) term is allocated once (see box_ops on the cost of large tensors).
+        # Summed in place into one contiguous tensor: each (L, B, N, Q) term is allocated once (see box_ops on
+        # the cost of large tensors).
         cost = torch.mul(class_cost, -self.class_cost, out=logits.new_empty(class_cost.shape))
         cost.add_(torch.cdist(padded_boxes.expand(num_layers, -1, -1, -1), pred_boxes, p=1), alpha=self.bbox_cost)
         giou = generalized_box_iou(center_to_corners(padded_boxes)[None], center_to_corners(pred_boxes))
