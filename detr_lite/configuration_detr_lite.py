@@ -52,6 +52,10 @@ class DeTRLiteConfig(PreTrainedConfig):
     # its token (as the two-stage variant of Deformable DETR, Zhu et al. 2021): much faster to train from scratch.
     query_source: str = "learned"
     anchor_size: float = 0.2  # "encoder" queries: width and height of each token's anchor box (normalised)
+    num_selected_queries: int = 0  # "encoder" queries: the K best token proposals become queries; 0 = every token
+    proposal_matching_copies: int = 1  # "encoder" queries: times each target is matched by the token proposals
+    box_refinement: bool = False  # "encoder" queries: each decoder layer refines the box of the layer before it
+    one_to_many_copies: int = 0  # "encoder" queries: k > 0 trains a hidden copy of the queries one-to-many (k each)
     auxiliary_loss: bool = True  # loss on every decoder layer: DETR converges much slower without it
     init_std: float = 0.02
     init_xavier_std: float = 1.0
@@ -96,9 +100,18 @@ class DeTRLiteConfig(PreTrainedConfig):
             fail("query_source", f"must be one of {_QUERY_SOURCES}, got {self.query_source!r}.")
         if not 0.0 < self.anchor_size <= 1.0:
             fail("anchor_size", f"must be in (0, 1] (a fraction of the image side), got {self.anchor_size!r}.")
-        if not isinstance(self.auxiliary_matching_copies, int) or self.auxiliary_matching_copies < 1:
-            fail("auxiliary_matching_copies", f"must be a positive integer (1 = one-to-one as in DETR), got "
-                 f"{self.auxiliary_matching_copies!r}.")
+        if not isinstance(self.one_to_many_copies, int) or self.one_to_many_copies < 0:
+            fail("one_to_many_copies", f"must be a non-negative integer (0 = off), got {self.one_to_many_copies!r}.")
+        if self.one_to_many_copies and self.query_source != "encoder":
+            fail("one_to_many_copies", "needs query_source='encoder' (the group copies the encoder's queries).")
+        for field in ("auxiliary_matching_copies", "proposal_matching_copies"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                fail(field, f"must be a positive integer (1 = one-to-one as in DETR), got {getattr(self, field)!r}.")
+        if not isinstance(self.num_selected_queries, int) or self.num_selected_queries < 0:
+            fail("num_selected_queries", f"must be a non-negative integer (0 = every encoder token), got "
+                 f"{self.num_selected_queries!r}.")
+        if not isinstance(self.box_refinement, bool):
+            fail("box_refinement", f"must be true or false, got {self.box_refinement!r}.")
         if self.decoder_layers < 1:
             fail("decoder_layers", "at least one decoder layer is needed to produce predictions.")
         for field in ("encoder_attention_heads", "decoder_attention_heads"):

@@ -169,6 +169,38 @@ def predictions_to_coco(
     return coco_results
 
 
+def duplicate_statistics(predictions: Iterable[Mapping[str, Any]], score_threshold: float = 0.5,
+                         iou_threshold: float = 0.7) -> dict:
+    """How often a detector draws more than one box on one object (DETR should need no NMS).
+
+    Among the detections scoring at least `score_threshold`, the *duplicates* are those that a class-wise
+    NMS at `iou_threshold` would remove (torchvision's `batched_nms`): the extra boxes a user sees.
+
+    Args:
+        predictions: COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+
+    Returns:
+        ``detections`` (kept by the score threshold), ``duplicate_pairs`` (same-class pairs in one image
+        with IoU above the threshold), ``duplicates`` and ``duplicate_rate`` (duplicates / detections).
+    """
+    import torch
+    from torchvision.ops import batched_nms, box_iou
+
+    kept = [p for p in predictions if p["score"] >= score_threshold]
+    if not kept:
+        return {"detections": 0, "duplicate_pairs": 0, "duplicates": 0, "duplicate_rate": 0.0}
+    xywh = torch.as_tensor(_boxes(kept))
+    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # (n, 4) x0, y0, x1, y1
+    scores = torch.tensor([p["score"] for p in kept], dtype=torch.float64)
+    group = torch.as_tensor(np.unique(np.array([(p["image_id"], p["category_id"]) for p in kept]), axis=0,
+                                      return_inverse=True)[1].reshape(-1))  # (n,) one id per image and class
+    survivors = len(batched_nms(boxes, scores, group, iou_threshold))
+    pairs = sum(int(torch.triu(box_iou(boxes[group == g], boxes[group == g]) > iou_threshold, diagonal=1).sum())
+                for g in group.unique())
+    return {"detections": len(kept), "duplicate_pairs": pairs, "duplicates": len(kept) - survivors,
+            "duplicate_rate": (len(kept) - survivors) / len(kept)}
+
+
 def format_metrics_table(metrics: dict) -> str:
     """A plain-text table of a metrics dict (COCO numbers, per-class AP, then any other numbers)."""
     lines = [f"{'metric':<10} {'value':>7}  meaning"]

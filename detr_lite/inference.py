@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .data import BadImageReport, DetectionCollator, DetectionDataset, SkipBadImages, detect_layout
 from .data.voc import VOC_LAYOUT
-from .evaluation import coco_evaluate, predictions_to_coco, voc_map50
+from .evaluation import coco_evaluate, duplicate_statistics, predictions_to_coco, voc_map50
 from .modeling_detr_lite import mask_if_padded
 
 
@@ -62,10 +62,12 @@ def predict_dataset(
 
 
 def score_predictions(dataset: DetectionDataset, predictions: list[dict], data_dir: str | Path) -> dict:
-    """The 12 COCO numbers and per-class AP; for Pascal VOC data (or any with `difficult` objects) also VOC's
-    mAP@0.5 under `VOC_mAP50`."""
+    """The 12 COCO numbers and per-class AP, the duplicate statistics of the detections scoring 0.5 or more
+    (`duplicate_rate`: see `duplicate_statistics`); for Pascal VOC data (or any with `difficult` objects) also
+    VOC's mAP@0.5 under `VOC_mAP50`."""
     ground_truth = dataset.to_coco_dict()
     metrics = coco_evaluate(ground_truth, predictions)
+    metrics.update(duplicate_statistics(predictions))
     is_voc = detect_layout(data_dir) is VOC_LAYOUT or any(record.difficult.any() for record in dataset.records)
     if is_voc:
         metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)

@@ -204,6 +204,19 @@ def _pad_targets(classes: Tensor, boxes: Tensor, counts: list[int]) -> tuple[Ten
     return padded_classes, padded_boxes
 
 
+class PredictionSet(NamedTuple):
+    """Predictions trained beside the decoder's, under their own matching (e.g. the encoder's token proposals).
+
+    `logits` (L, B, Q, C + 1) and `boxes` (L, B, Q, 4) hold L layers; their loss terms are logged with the
+    suffix `_{name}` (last layer) or `_{name}_{i}`; each target is matched `copies` times.
+    """
+
+    name: str
+    logits: Tensor
+    boxes: Tensor
+    copies: int = 1
+
+
 class _Targets(NamedTuple):
     """The targets of a batch on the device."""
 
@@ -273,6 +286,7 @@ class DeTRLiteLoss(nn.Module):
         labels: Sequence[Mapping[str, Tensor]],
         aux_logits: Tensor | None = None,
         aux_boxes: Tensor | None = None,
+        extra_sets: Sequence[PredictionSet] = (),
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the weighted DETR loss, in float32 even under autocast.
 
@@ -284,33 +298,48 @@ class DeTRLiteLoss(nn.Module):
             aux_logits: (L - 1, B, Q, num_labels + 1) logits of the earlier decoder layers, or None.
                 Ignored when `config.auxiliary_loss` is False.
             aux_boxes: (L - 1, B, Q, 4) boxes of the earlier decoder layers, or None.
+            extra_sets: further predictions with their own matching, added to the loss (see `PredictionSet`).
 
         Returns:
             `(loss, loss_dict)`: the 0-d weighted total with its graph, and every term detached for
             logging: `loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, and for auxiliary
-            layer i the same keys suffixed `_{i}`.
+            layer i the same keys suffixed `_{i}`; then those of the extra sets.
         """
         with torch.autocast(device_type=logits.device.type, enabled=False):
             all_logits, all_boxes = self._stack_layers(logits, pred_boxes, aux_logits, aux_boxes)
             num_layers = len(all_logits)
+            suffixes = [f"_{layer}" for layer in range(num_layers - 1)] + [""]
             total, loss_dict = 0.0, {}
-            for layers, group_labels in self._matching_groups(labels, num_layers):
-                matching = self.matcher(all_logits[layers], all_boxes[layers], group_labels)
-                counts = [len(target["boxes"]) for target in group_labels]
-                targets = _Targets(*_concat_labels(group_labels, logits.device),
-                                   torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))
-                num_boxes = _num_boxes(sum(counts), logits.device)
-                for layer, matches in zip(range(num_layers)[layers], _flatten_matches(matching, counts, logits.device)):
-                    terms = self._layer_losses(all_logits[layer], all_boxes[layer], targets, matches, num_boxes)
-                    total = total + sum(self.weight_dict[name] * value for name, value in terms.items())
-                    suffix = "" if layer == num_layers - 1 else f"_{layer}"
-                    loss_dict.update({name + suffix: value.detach() for name, value in terms.items()})
+            # The one-to-one final layer first: its matcher call validates the targets, naming their original rows.
+            for layers, copies in self._matching_groups(num_layers):
+                total = total + self._set_loss(all_logits[layers], all_boxes[layers], labels, copies,
+                                               suffixes[layers], loss_dict)
+            for extra in extra_sets:
+                names = [f"_{extra.name}_{layer}" for layer in range(len(extra.logits) - 1)] + [f"_{extra.name}"]
+                total = total + self._set_loss(extra.logits.float(), extra.boxes.float(), labels, extra.copies,
+                                               names, loss_dict)
         return total, loss_dict
 
-    def _matching_groups(
-        self, labels: Sequence[Mapping[str, Tensor]], num_layers: int
-    ) -> list[tuple[slice, Sequence[Mapping[str, Tensor]]]]:
-        """The layers matched together and the targets they are matched to.
+    def _set_loss(self, logits: Tensor, boxes: Tensor, labels: Sequence[Mapping[str, Tensor]], copies: int,
+                  suffixes: Sequence[str], loss_dict: dict[str, Tensor]) -> Tensor:
+        """Match layers (L, B, Q, ·) to the targets repeated `copies` times; their weighted loss, terms logged."""
+        if copies > 1:
+            labels = [{"class_labels": target["class_labels"].repeat(copies), "boxes": target["boxes"].repeat(copies, 1)}
+                      for target in labels]
+        matching = self.matcher(logits, boxes, labels)
+        counts = [len(target["boxes"]) for target in labels]
+        targets = _Targets(*_concat_labels(labels, logits.device),
+                           torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))
+        num_boxes = _num_boxes(sum(counts), logits.device)
+        total = 0.0
+        for layer, (suffix, matches) in enumerate(zip(suffixes, _flatten_matches(matching, counts, logits.device))):
+            terms = self._layer_losses(logits[layer], boxes[layer], targets, matches, num_boxes)
+            total = total + sum(self.weight_dict[name] * value for name, value in terms.items())
+            loss_dict.update({name + suffix: value.detach() for name, value in terms.items()})
+        return total
+
+    def _matching_groups(self, num_layers: int) -> list[tuple[slice, int]]:
+        """The decoder layers matched together, and how many times each target is matched for them.
 
         DETR matches every layer one-to-one. With `auxiliary_matching_copies` k > 1 the auxiliary layers match
         each target k times instead (one-to-many, the "hybrid layers" of H-DETR, Jia et al. 2023): k queries
@@ -319,11 +348,8 @@ class DeTRLiteLoss(nn.Module):
         """
         copies = self.auxiliary_matching_copies
         if copies == 1 or num_layers == 1:
-            return [(slice(0, num_layers), labels)]
-        repeated = [{"class_labels": target["class_labels"].repeat(copies), "boxes": target["boxes"].repeat(copies, 1)}
-                    for target in labels]
-        # The one-to-one group first: its matcher call validates the targets, naming their original rows.
-        return [(slice(num_layers - 1, num_layers), labels), (slice(0, num_layers - 1), repeated)]
+            return [(slice(0, num_layers), 1)]
+        return [(slice(num_layers - 1, num_layers), 1), (slice(0, num_layers - 1), copies)]
 
     def _stack_layers(
         self, logits: Tensor, pred_boxes: Tensor, aux_logits: Tensor | None, aux_boxes: Tensor | None

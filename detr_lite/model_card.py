@@ -42,7 +42,9 @@ def _queries(config) -> str:
     """How the model's object queries are made, for the card's one-line description."""
     if config.query_source == "encoder":
         refinement = ", refined layer by layer" if config.box_refinement else ""
-        return f"one object query per encoder token (boxes relative to a token-centred anchor{refinement})"
+        chosen = (f"{config.num_selected_queries} object queries chosen among the encoder tokens' proposals"
+                  if config.num_selected_queries else "one object query per encoder token")
+        return f"{chosen} (boxes relative to a token-centred anchor{refinement})"
     return f"{config.num_queries} object queries"
 
 

@@ -22,7 +22,8 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_detr_lite import DeTRLiteConfig
-from .loss_detr_lite import DeTRLiteLoss
+from .loss_detr_lite import DeTRLiteLoss, PredictionSet
+from .queries import Queries, build_queries, decode_boxes
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -38,9 +39,12 @@ class DeTRLiteModelOutput(ModelOutput):
         encoder_last_hidden_state: (B, HW, d_model) encoder output (the decoder's memory).
         cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
         feature_mask: (B, h, w) bool, True where the backbone feature map covers real (unpadded) pixels.
-        initial_queries: (B, Q, d_model) the decoder's input queries, only with `query_source="encoder"`
-            (the projected encoder tokens).
-        reference_boxes: (B, Q, 4) each query's anchor box (cx, cy, w, h), only with `query_source="encoder"`.
+        reference_boxes: (B, Q, 4) each query's first reference box (cx, cy, w, h), only with
+            `query_source="encoder"` (see `detr_lite.queries`).
+        proposal_logits: (B, HW, num_labels + 1) every encoder token's class proposal, only with encoder queries.
+        proposal_boxes: (B, HW, 4) every encoder token's box proposal, only with encoder queries.
+        one_to_many: in training with `one_to_many_copies`, the one-to-many group's (L, B, Q, d_model) decoder
+            outputs and (B, Q, 4) reference boxes.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -48,8 +52,10 @@ class DeTRLiteModelOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
-    initial_queries: torch.FloatTensor | None = None
     reference_boxes: torch.FloatTensor | None = None
+    proposal_logits: torch.FloatTensor | None = None
+    proposal_boxes: torch.FloatTensor | None = None
+    one_to_many: tuple[torch.FloatTensor, torch.FloatTensor] | None = None
 
 
 @dataclass
@@ -59,7 +65,8 @@ class DeTRLiteObjectDetectionOutput(ModelOutput):
     Args:
         loss: scalar total Hungarian loss, only when `labels` are given.
         loss_dict: the individual loss terms (`loss_ce`, `loss_bbox`, `loss_giou`, `cardinality_error`, and the
-            auxiliary layers' terms with a `_{i}` suffix), only when `labels` are given.
+            auxiliary layers' terms with a `_{i}` suffix, the token proposals' with `_enc`), only when `labels`
+            are given.
         logits: (B, Q, num_labels + 1) class logits; the last index is "no object".
         pred_boxes: (B, Q, 4) boxes as (cx, cy, w, h) normalised to the unpadded resized image.
         auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per earlier decoder layer, when `labels` are given
@@ -68,6 +75,8 @@ class DeTRLiteObjectDetectionOutput(ModelOutput):
         encoder_last_hidden_state: (B, HW, d_model) encoder output.
         cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
         feature_mask: (B, h, w) bool, True where the feature map covers real pixels.
+        proposal_logits: (B, HW, num_labels + 1) every encoder token's class proposal, only with encoder queries.
+        proposal_boxes: (B, HW, 4) every encoder token's box proposal, only with encoder queries.
     """
 
     loss: torch.FloatTensor | None = None
@@ -79,6 +88,8 @@ class DeTRLiteObjectDetectionOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
+    proposal_logits: torch.FloatTensor | None = None
+    proposal_boxes: torch.FloatTensor | None = None
 
 
 def _pretrained_weights_file(config: DeTRLiteConfig) -> str | None:
@@ -229,33 +240,6 @@ def sine_position_embedding(mask: torch.Tensor, num_features: int, temperature: 
     pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
     pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
     return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # (B, h * w, 2F)
-
-
-def token_anchor_boxes(feature_mask: torch.Tensor, size: float) -> torch.Tensor:
-    """One anchor box per feature-map token: centred on the token, `size` wide and high.
-
-    Centres are normalised by each image's unpadded extent, the convention of DETR's boxes (and of
-    `sine_position_embedding`); a token over padding gets the centre of the last real row or column.
-
-    Args:
-        feature_mask: (B, h, w) bool, True on real (unpadded) positions.
-        size: anchor width and height, as a fraction of the image side.
-
-    Returns:
-        (B, h * w, 4) float32 (cx, cy, w, h), row-major like the tokens.
-    """
-    not_padded = feature_mask.float()
-    rows, cols = not_padded.cumsum(1), not_padded.cumsum(2)  # 1-based index of each real token
-    centre_y = (rows - 0.5) / rows[:, -1:, :].clamp(min=1)
-    centre_x = (cols - 0.5) / cols[:, :, -1:].clamp(min=1)
-    edge = 1e-3  # inside (0, 1), where the box logit the heads add to is finite
-    centres = torch.stack([centre_x, centre_y], -1).clamp(edge, 1 - edge)  # (B, h, w, 2)
-    return torch.cat([centres, torch.full_like(centres, size)], -1).flatten(1, 2)
-
-
-def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """logit(x) for x in (0, 1), clamped away from 0 and 1 so that it stays finite."""
-    return torch.logit(x, eps=1e-5)
 
 
 def mask_if_padded(pixel_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -531,13 +515,17 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         super().__init__(config)
         self.backbone = DeTRLiteBackbone(config)
         self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
-        if config.query_source == "encoder":
-            self.query_projection = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.LayerNorm(config.d_model))
-        else:
-            self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        queries = build_queries(config)
+        self._queries_name = queries.module_name
+        self.add_module(queries.module_name, queries)
         self.encoder = DeTRLiteEncoder(config)
         self.decoder = DeTRLiteDecoder(config)
         self.post_init()
+
+    @property
+    def queries(self) -> nn.Module:
+        """Where the decoder's queries come from (`detr_lite.queries`), chosen once from the config."""
+        return getattr(self, self._queries_name)
 
     def forward(
         self,
@@ -566,22 +554,24 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         padding_mask = None if pixel_mask is None else ~feature_mask.flatten(1)  # (B, HW)
         src = self.input_projection(features).flatten(2).transpose(1, 2)  # (B, HW, D)
         memory = self.encoder(src, pos, padding_mask)
-        tgt = reference_boxes = None
-        if self.config.query_source == "encoder":
-            # One query per token: its content is the projected token, its position the token's embedding.
-            tgt, query_pos = self.query_projection(memory), pos  # (B, HW, D)
-            reference_boxes = token_anchor_boxes(feature_mask, self.config.anchor_size)  # (B, HW, 4)
-        else:
-            query_pos = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, D)
-        hidden, cross_attentions = self.decoder(memory, pos, query_pos, padding_mask, output_attentions, tgt)
+        queries: Queries = self.queries(memory, pos, feature_mask)
+        hidden, cross_attentions = self.decoder(memory, pos, queries.position, padding_mask, output_attentions,
+                                                queries.content)
+        one_to_many = None
+        if queries.one_to_many is not None:  # training only: decoded apart, so neither group sees the other
+            group = queries.one_to_many
+            group_hidden, _ = self.decoder(memory, pos, group.position, padding_mask, False, group.content)
+            one_to_many = (group_hidden, group.reference_boxes)
         output = DeTRLiteModelOutput(
             last_hidden_state=hidden[-1],
             intermediate_hidden_states=hidden,
             encoder_last_hidden_state=memory,
             cross_attentions=cross_attentions,
             feature_mask=feature_mask,
-            initial_queries=tgt,
-            reference_boxes=reference_boxes,
+            reference_boxes=queries.reference_boxes,
+            proposal_logits=queries.proposal_logits,
+            proposal_boxes=queries.proposal_boxes,
+            one_to_many=one_to_many,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -597,11 +587,12 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
         self.criterion = DeTRLiteLoss(config)
         self.post_init()
         if config.query_source == "encoder":
-            # Boxes are offsets from each token's anchor: a fresh model predicts exactly its anchors.
+            # Boxes are offsets from reference boxes: a fresh model predicts exactly its token anchors.
             # (A loaded checkpoint overwrites these zeros with its own weights.)
             with torch.no_grad():
-                self.bbox_predictor.layers[-1].weight.zero_()
-                self.bbox_predictor.layers[-1].bias.zero_()
+                for last in (self.bbox_predictor.layers[-1], self.model.queries.proposal_box[-1]):
+                    last.weight.zero_()
+                    last.bias.zero_()
 
     @property
     def loss_function(self):
@@ -626,14 +617,11 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
         """
         outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions)
         hidden = outputs.intermediate_hidden_states  # (L, B, Q, D)
-        if outputs.initial_queries is not None and (labels is not None or self.config.box_refinement):
-            # The queries' own predictions before any decoder layer: one more auxiliary layer for the loss,
-            # and the first box that refinement starts from.
-            hidden = torch.cat([outputs.initial_queries[None], hidden])
-        elif labels is None:
+        if labels is None and not self.config.box_refinement:
             hidden = hidden[-1:]  # inference needs the last layer only
         all_logits = self.class_labels_classifier(hidden)  # (L, B, Q, C + 1)
-        all_boxes = self._boxes(self.bbox_predictor(hidden), outputs.reference_boxes)  # (L, B, Q, 4)
+        all_boxes = decode_boxes(self.bbox_predictor(hidden), outputs.reference_boxes,
+                                 self.config.box_refinement)  # (L, B, Q, 4)
         logits, pred_boxes = all_logits[-1], all_boxes[-1]
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
@@ -641,7 +629,16 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             if self.config.auxiliary_loss:
                 aux_logits, aux_boxes = all_logits[:-1], all_boxes[:-1]
                 auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
-            loss, loss_dict = self.criterion(logits, pred_boxes, labels, aux_logits, aux_boxes)
+            extra = []
+            if outputs.proposal_logits is not None:
+                extra.append(PredictionSet("enc", outputs.proposal_logits[None], outputs.proposal_boxes[None],
+                                           self.config.proposal_matching_copies))
+            if outputs.one_to_many is not None:
+                group_hidden, group_reference = outputs.one_to_many
+                extra.append(PredictionSet("o2m", self.class_labels_classifier(group_hidden), decode_boxes(
+                    self.bbox_predictor(group_hidden), group_reference, self.config.box_refinement),
+                    self.config.one_to_many_copies))
+            loss, loss_dict = self.criterion(logits, pred_boxes, labels, aux_logits, aux_boxes, extra)
         output = DeTRLiteObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
@@ -652,22 +649,7 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             cross_attentions=outputs.cross_attentions,
             feature_mask=outputs.feature_mask,
+            proposal_logits=outputs.proposal_logits,
+            proposal_boxes=outputs.proposal_boxes,
         )
         return output if return_dict is not False else output.to_tuple()
-
-    def _boxes(self, offsets: torch.Tensor, reference_boxes: torch.Tensor | None) -> torch.Tensor:
-        """Box head outputs (L, B, Q, 4) -> boxes (cx, cy, w, h) in [0, 1].
-
-        Learned queries: sigmoid(offsets), as DETR. Encoder queries: offsets in logit space from each query's
-        anchor; with `box_refinement`, each layer refines the box of the layer before it instead (Deformable
-        DETR's iterative refinement), the previous box detached so that every layer learns its own correction.
-        """
-        if reference_boxes is None:
-            return offsets.sigmoid()
-        if not self.config.box_refinement:
-            return (offsets + inverse_sigmoid(reference_boxes)).sigmoid()
-        boxes, reference = [], reference_boxes
-        for layer_offsets in offsets:
-            boxes.append((layer_offsets + inverse_sigmoid(reference)).sigmoid())
-            reference = boxes[-1].detach()
-        return torch.stack(boxes)

@@ -16,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from detr_lite.evaluation import (
     COCO_METRICS,
     coco_evaluate,
+    duplicate_statistics,
     format_metrics_table,
     predictions_to_coco,
     voc_map50,
@@ -229,3 +230,32 @@ def test_format_metrics_table_lists_every_number():
     assert "AP50" in table and "0.5000" in table and "VOC_mAP50" in table and "0.6250" in table
     assert [line.split()[1] for line in table.splitlines() if line.startswith(("APs", "ring"))] == ["n/a", "n/a"]
     assert "circle" in table and "0.2500" in table
+
+
+def _detection(image_id: int, category_id: int, bbox: list[float], score: float) -> dict:
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def test_duplicate_statistics_count_the_boxes_class_wise_nms_would_remove():
+    predictions = [
+        _detection(1, 1, [0, 0, 10, 10], 0.9),
+        _detection(1, 1, [0, 0, 10, 11], 0.8),  # IoU 0.91 with the first: a duplicate
+        _detection(1, 1, [0, 2, 10, 10], 0.7),  # IoU 0.67 with the first (kept), 0.75 with the removed second
+        _detection(1, 2, [0, 0, 10, 10], 0.9),  # another class on the same spot: not a duplicate
+        _detection(2, 1, [0, 0, 10, 10], 0.9),
+        _detection(2, 1, [0, 0, 10, 10], 0.6),  # the same box again: a duplicate
+        _detection(2, 1, [0, 0, 10, 10], 0.3),  # below the score threshold: ignored
+        _detection(3, 1, [0, 0, 10, 10], 0.9),  # a third image, same box as image 2's: not a duplicate
+    ]
+    stats = duplicate_statistics(predictions)
+    assert stats == {"detections": 7, "duplicate_pairs": 3, "duplicates": 2, "duplicate_rate": 2 / 7}
+    assert duplicate_statistics(predictions, score_threshold=0.95)["detections"] == 0
+    assert duplicate_statistics(predictions, iou_threshold=0.6)["duplicates"] == 3  # now the third overlaps too
+
+
+def test_a_chain_of_overlaps_counts_only_what_nms_removes():
+    # b overlaps a and c overlaps b, but c does not overlap a: NMS keeps a, removes b, then keeps c.
+    predictions = [_detection(1, 1, [0, 0, 10, 10], 0.9), _detection(1, 1, [1, 0, 10, 10], 0.8),
+                   _detection(1, 1, [2, 0, 10, 10], 0.7)]
+    stats = duplicate_statistics(predictions, iou_threshold=0.75)
+    assert stats["duplicate_pairs"] == 2 and stats["duplicates"] == 1

@@ -26,3 +26,6 @@ def test_card_describes_how_the_queries_are_made():
     encoder = render_model_card(tiny_config(query_source="encoder", box_refinement=True), {}, info)
     assert "6 object queries" in learned and "encoder token" not in learned
     assert "one object query per encoder token" in encoder and "refined layer by layer" in encoder
+    selected = render_model_card(tiny_config(query_source="encoder", num_selected_queries=5), {}, info)
+    assert "5 object queries chosen among the encoder tokens' proposals" in selected
+    assert "refined" not in selected

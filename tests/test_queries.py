@@ -1,12 +1,12 @@
-"""Encoder queries, anchor boxes, box refinement and one-to-many auxiliary matching (the quickstart's recipe)."""
+"""detr_lite/queries.py: encoder queries, anchor boxes, top-k selection, box refinement, one-to-many matching."""
 
 import pytest
 import torch
 
 from conftest import random_labels, tiny_config
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection
-from detr_lite.loss_detr_lite import DeTRLiteLoss
-from detr_lite.modeling_detr_lite import token_anchor_boxes
+from detr_lite.loss_detr_lite import DeTRLiteLoss, PredictionSet
+from detr_lite.queries import token_anchor_boxes
 
 ENCODER = dict(query_source="encoder", anchor_size=0.25)
 TOKENS = (128 // 32) ** 2  # tiny config: 128-pixel canvas, stride-32 features
@@ -34,24 +34,28 @@ def test_one_query_per_token_starting_on_its_anchor(box_refinement):
         outputs = model(pixels, pixel_mask=mask)
         anchors = token_anchor_boxes(outputs.feature_mask, 0.25)
         assert outputs.logits.shape == (2, TOKENS, 4) and outputs.pred_boxes.shape == (2, TOKENS, 4)
-        # A fresh model predicts every anchor exactly (the box head's last layer starts at zero) ...
+        # A fresh model predicts every anchor exactly (the box heads' last layers start at zero) ...
         torch.testing.assert_close(outputs.pred_boxes, anchors, atol=1e-5, rtol=0)
-        # ... and its boxes move with what the heads output, relative to the anchor.
+        torch.testing.assert_close(outputs.proposal_boxes, anchors, atol=1e-5, rtol=0)
+        # ... and its boxes move with what the heads output, relative to the proposal.
         model.bbox_predictor.layers[-1].bias.fill_(1.0)
+        model.model.queries.proposal_box[-1].bias.fill_(0.5)
         moved = model(pixels, pixel_mask=mask).pred_boxes
-    steps = 4 if box_refinement else 1  # refinement adds the offset once per layer: initial + 3 decoder layers
+    steps = 0.5 + (3 if box_refinement else 1)  # the proposal's offset, then one per refining decoder layer
     expected = (torch.logit(anchors, eps=1e-5) + steps).sigmoid()
     torch.testing.assert_close(moved, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_training_adds_the_initial_queries_as_an_auxiliary_layer():
+def test_training_learns_the_token_proposals_as_their_own_set():
     torch.manual_seed(0)
     model = DeTRLiteForObjectDetection(tiny_config(**ENCODER, box_refinement=True)).train()
     outputs = model(torch.randn(2, 3, 128, 128), labels=random_labels(2, generator=torch.Generator().manual_seed(0)))
-    assert len(outputs.auxiliary_outputs) == 3  # the queries before the decoder, then decoder layers 1 and 2
-    assert {f"loss_giou_{layer}" for layer in range(3)} <= set(outputs.loss_dict)
+    assert len(outputs.auxiliary_outputs) == 2  # decoder layers 1 and 2
+    assert {"loss_giou_0", "loss_giou_1", "loss_giou", "loss_giou_enc", "loss_ce_enc"} <= set(outputs.loss_dict)
     outputs.loss.backward()
-    assert model.model.query_projection[0].weight.grad.abs().sum() > 0
+    queries = model.model.queries
+    for weight in (queries.query_projection[0].weight, queries.proposal_class.weight, queries.proposal_box[-1].weight):
+        assert weight.grad.abs().sum() > 0
     assert model.model.backbone.body.layer4[0].downsample[0].weight.grad.abs().sum() > 0  # timm: see test_modeling
 
 
@@ -90,8 +94,39 @@ def test_auxiliary_layers_match_each_target_several_times_and_the_last_layer_onc
             assert losses["cardinality_error_0"] == losses["cardinality_error"] - 3  # 4 targets vs 1
 
 
+def test_the_best_real_token_proposals_become_the_queries():
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(**ENCODER, num_selected_queries=5)).eval()
+    mask = torch.ones(2, 128, 128, dtype=torch.long)
+    mask[1, :, 64:] = 0  # image 1: the right half of the tokens is padding
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 128, 128), pixel_mask=mask)
+    assert outputs.logits.shape == (2, 5, 4)
+    scores = outputs.proposal_logits[..., :-1].amax(-1)  # (B, HW)
+    real = outputs.feature_mask.flatten(1)
+    assert (scores[1, ~real[1]].max() > scores[1, real[1]].topk(5).values[-1])  # padding would win unmasked
+    for image in range(2):
+        chosen = scores[image].masked_fill(~real[image], float("-inf")).topk(5).indices
+        expected = outputs.proposal_boxes[image, chosen]
+        torch.testing.assert_close(outputs.pred_boxes[image], expected, atol=1e-5, rtol=0)  # fresh decoder: no offset
+
+
+def test_proposals_match_each_target_the_requested_number_of_times():
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    labels = [{"class_labels": torch.tensor([1]), "boxes": target}]
+    boxes = torch.tensor([0.1, 0.1, 0.05, 0.05]).repeat(1, 1, 8, 1)
+    boxes[0, 0, :2] = target  # two proposals sit exactly on the object
+    logits = torch.zeros(1, 1, 8, 4)
+    for copies, exact in ((2, True), (3, False)):
+        _, losses = _criterion(1)(logits[-1], boxes[-1], labels, extra_sets=[PredictionSet("enc", logits, boxes, copies)])
+        assert (losses["loss_bbox_enc"] == 0) == exact
+        assert losses["cardinality_error_enc"] == 8 - copies  # every query predicts an object: 8 against copies
+
+
 @pytest.mark.parametrize(("field", "value"), [("query_source", "grid"), ("anchor_size", 0.0),
-                                              ("anchor_size", 1.5), ("auxiliary_matching_copies", 0)])
+                                              ("anchor_size", 1.5), ("auxiliary_matching_copies", 0),
+                                              ("proposal_matching_copies", 0), ("num_selected_queries", -1),
+                                              ("box_refinement", "yes")])
 def test_invalid_recipe_fields_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         tiny_config(**{field: value})
