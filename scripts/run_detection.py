@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor
 from detr_lite.checkpointing import (CheckpointError, check_disk_space, list_checkpoints, load_checkpoint,
                                     resolve_checkpoint, save_checkpoint, write_atomically)
-from detr_lite.data import (BadImageError, BadImageReport, DetectionCollator, SeededAugmentation, SkipBadImages,
-                            load_detection_dataset, train_transforms)
+from detr_lite.data import (DEFAULT_MEMORY_LIMIT, BadImageError, BadImageReport, DecodedImageCache, DetectionCollator,
+                            SeededAugmentation, SkipBadImages, cached_size, load_detection_dataset, train_transforms)
 from detr_lite.data.synthetic import make_synthetic_dataset
 from detr_lite.evaluation import format_metrics_table
 from detr_lite.inference import predict_dataset, score_predictions
@@ -90,6 +90,7 @@ DEFAULTS = {
     "checkpointing_steps": "epoch",
     "checkpoints_total_limit": 2,
     "dataloader_num_workers": 2,
+    "cache_images": "auto",
     "seed": 42,
     "logging_steps": 10,
     "mixed_precision": None,  # None: what accelerate launch says (fp32 under plain python)
@@ -132,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"refuse images with more pixels (Pillow's decompression-bomb guard; 0: no limit); "
              f"default {Image.MAX_IMAGE_PIXELS:,}")
     add("--dataloader_num_workers", type=int)
+    add("--cache_images", choices=("auto", "yes", "no"),
+        help="decode the training images once and keep them in memory at the canvas size; auto: when that "
+             "takes at most 4 GiB")
     add("--max_train_samples", type=int)
     add("--max_eval_samples", type=int)
     add("--seed", type=int)
@@ -295,6 +299,15 @@ def load_data(args: argparse.Namespace, data_preset: dict):
     return train, val
 
 
+def training_images(train, args: argparse.Namespace, image_size: int, accelerator: Accelerator):
+    """The training split, decoded once into memory at the canvas size when --cache_images allows it."""
+    if args.cache_images == "no" or (args.cache_images == "auto"
+                                      and cached_size(train, image_size) > DEFAULT_MEMORY_LIMIT):
+        return train
+    workers = max(1, (os.cpu_count() or 1) // accelerator.num_processes)
+    return DecodedImageCache(train, image_size, num_workers=workers, show_progress=accelerator.is_local_main_process)
+
+
 def build_model(args: argparse.Namespace, model_preset: dict, id2label: dict[int, str]) -> DeTRLiteForObjectDetection:
     if args.model_name_or_path:
         return DeTRLiteForObjectDetection.from_pretrained(
@@ -407,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_disk_space(output_dir, model, with_ema=bool(args.ema_decay))
     processor = DeTRLiteImageProcessor(size=model.config.image_size)
     collator = DetectionCollator(processor)
-    augmented = SeededAugmentation(train, functools.partial(
+    augmented = SeededAugmentation(training_images(train, args, model.config.image_size, accelerator), functools.partial(
         train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
     # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
     train_loader = DataLoader(SkipBadImages(augmented, replace=True), batch_size=args.per_device_train_batch_size,

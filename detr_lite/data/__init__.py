@@ -5,6 +5,7 @@ Every dataset yields the same internal sample (see :mod:`detr_lite.data.base`), 
 
 from .bad_images import BadImageReport, SkipBadImages
 from .base import BadImageError, DetectionDataset, ImageRecord, Sample
+from .cache import DEFAULT_MEMORY_LIMIT, DecodedImageCache, cached_size
 from .collate import DetectionCollator
 from .datasets import LAYOUTS, available_splits, detect_layout, find_problems, load_detection_dataset
 from .problems import DataProblem, DatasetError
@@ -21,6 +22,9 @@ from .transforms import (
 from .writers import WRITERS, write_coco, write_hf, write_voc
 
 __all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "DecodedImageCache",
+    "cached_size",
     "LAYOUTS",
     "WRITERS",
     "BadImageError",

@@ -14,6 +14,7 @@ workers do the decoding.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -157,16 +158,27 @@ def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
         return width, height
 
 
-def load_rgb(source: ImageSource, name: str | None = None) -> Image.Image:
+def load_rgb(source: ImageSource, name: str | None = None, max_side: int | None = None) -> Image.Image:
     """Decodes an image file into an upright 8-bit RGB PIL image, converted as the image processor does
     (16-bit scaled, not clipped; palette transparency and alpha dropped; CMYK converted).
+
+    With ``max_side``, an image whose longest side is larger comes back shrunk to that longest side
+    (aspect ratio kept); a JPEG is then decoded at a reduced scale in the first place (Pillow's draft
+    mode: the DCT scales by 1/2, 1/4 or 1/8, several times faster than a full decode).
 
     Raises:
         BadImageError: The file is missing, empty, truncated, not an image, or over the pixel limit;
             the error names the file (``name``, default the path).
     """
     with open_image(source, _name(source, name)) as image:
-        return Image.fromarray(_pil_to_array(image)).convert("RGB")
+        if max_side and image.format == "JPEG" and max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+        rgb = Image.fromarray(_pil_to_array(image)).convert("RGB")
+    if max_side and max(rgb.size) > max_side:
+        scale = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BILINEAR)
+    return rgb
 
 
 class DetectionDataset(Dataset):
@@ -251,11 +263,15 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
+        return self.sample(index, self.load_image(index))
+
+    def sample(self, index: int, image: Image.Image, scale: tuple[float, float] = (1.0, 1.0)) -> Sample:
+        """Sample ``index`` with ``image``, its boxes scaled by ``scale`` (x, y) for a resized copy of the image."""
         record = self.records[index]
         sample = {
             "image_id": record.image_id,
-            "image": self.load_image(index),
-            "boxes": record.boxes.copy(),
+            "image": image,
+            "boxes": record.boxes * np.array(scale * 2, dtype=np.float32),
             "class_labels": record.class_labels.copy(),
             "iscrowd": record.iscrowd.copy(),
             "difficult": record.difficult.copy(),
