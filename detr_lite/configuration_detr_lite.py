@@ -7,6 +7,8 @@ from transformers import PreTrainedConfig
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _QUERY_SOURCES = ("learned", "encoder")
+_BOOLEAN_FIELDS = ("use_pretrained_backbone", "freeze_batch_norm", "dilation", "pre_norm", "auxiliary_loss",
+                   "box_refinement")
 
 
 class DeTRLiteConfig(PreTrainedConfig):
@@ -33,17 +35,17 @@ class DeTRLiteConfig(PreTrainedConfig):
     backbone_feature_index: int = -1  # feature stage fed to the transformer: -1 = last (DETR); -2 = one
     # stage earlier (stride 16 on a ResNet): cheaper and finer, for small inputs such as the CPU quickstart
     # Transformer
-    d_model: int = 256
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    encoder_attention_heads: int = 8
-    decoder_attention_heads: int = 8
-    encoder_ffn_dim: int = 2048
-    decoder_ffn_dim: int = 2048
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    activation_function: str = "relu"
+    d_model: int = 256  # width of every token and query (DETR's 256)
+    encoder_layers: int = 6  # self-attention layers over image tokens; 0 feeds the projected features as is
+    decoder_layers: int = 6  # each layer predicts boxes; the earlier ones feed the auxiliary loss
+    encoder_attention_heads: int = 8  # d_model must divide by it
+    decoder_attention_heads: int = 8  # d_model must divide by it
+    encoder_ffn_dim: int = 2048  # hidden width of the encoder's feed-forward blocks (DETR's 2048)
+    decoder_ffn_dim: int = 2048  # hidden width of the decoder's feed-forward blocks
+    dropout: float = 0.1  # on every residual branch, as DETR; 0 for short runs that cannot overfit
+    attention_dropout: float = 0.0  # on the attention probabilities; DETR uses none
+    activation_dropout: float = 0.0  # inside the feed-forward blocks; DETR uses none
+    activation_function: str = "relu"  # of the feed-forward blocks: relu (DETR), gelu or silu
     pre_norm: bool = False  # DETR is post-norm; pre-norm trains more stably with deep stacks
     num_queries: int = 100  # maximum detections per image ("learned" queries only)
     # Where the decoder's queries come from. "learned": DETR's num_queries learned embeddings, which must learn
@@ -54,24 +56,26 @@ class DeTRLiteConfig(PreTrainedConfig):
     anchor_size: float = 0.2  # "encoder" queries: width and height of each token's anchor box (normalised)
     num_selected_queries: int = 0  # "encoder" queries: the K best token proposals become queries; 0 = every token
     proposal_matching_copies: int = 1  # "encoder" queries: times each target is matched by the token proposals
-    box_refinement: bool = False  # "encoder" queries: each decoder layer refines the box of the layer before it
+    # "encoder" queries: each decoder layer corrects the previous layer's box instead of the first reference
+    # (Deformable DETR's iterative refinement), so later layers make finer corrections
+    box_refinement: bool = False
     one_to_many_copies: int = 0  # "encoder" queries: k > 0 trains a hidden copy of the queries one-to-many (k each)
     auxiliary_loss: bool = True  # loss on every decoder layer: DETR converges much slower without it
-    init_std: float = 0.02
-    init_xavier_std: float = 1.0
+    init_std: float = 0.02  # kept for transformers' initialisation conventions; must be positive
+    init_xavier_std: float = 1.0  # gain of the Xavier init of attention projections (DETR's 1.0)
     # Hungarian matcher costs
-    class_cost: float = 1.0
-    bbox_cost: float = 5.0
-    giou_cost: float = 2.0
+    class_cost: float = 1.0  # weight of -p[class] in the matching cost
+    bbox_cost: float = 5.0  # weight of the L1 box distance in the matching cost
+    giou_cost: float = 2.0  # weight of -GIoU in the matching cost
     # Loss weights (cross-entropy has weight 1)
-    bbox_loss_coefficient: float = 5.0
-    giou_loss_coefficient: float = 2.0
+    bbox_loss_coefficient: float = 5.0  # L1 box loss weight; DETR matches it to bbox_cost
+    giou_loss_coefficient: float = 2.0  # GIoU loss weight; DETR matches it to giou_cost
     # > 1: the auxiliary layers match every target this many times (one-to-many); the last stays one-to-one
     auxiliary_matching_copies: int = 1
     eos_coefficient: float = 0.1  # weight of the no-object class: ~90 of 100 queries are empty
     # Input
     image_size: int = 640  # the square canvas every image is letterboxed into
-    is_encoder_decoder: bool = True
+    is_encoder_decoder: bool = True  # transformers' flag: outputs carry encoder and decoder states
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -96,6 +100,14 @@ class DeTRLiteConfig(PreTrainedConfig):
         if not isinstance(self.backbone_feature_index, int) or self.backbone_feature_index >= 0:
             fail("backbone_feature_index", f"must be a negative stage index (-1 = last), got "
                  f"{self.backbone_feature_index!r}.")
+        for field in _BOOLEAN_FIELDS:
+            if not isinstance(getattr(self, field), bool):
+                fail(field, f"must be true or false, got {getattr(self, field)!r}.")
+        if self.backbone_weights_file is not None and not isinstance(self.backbone_weights_file, str):
+            fail("backbone_weights_file", f"must be a file path or None, got {self.backbone_weights_file!r}.")
+        for field in ("init_std", "init_xavier_std"):
+            if not isinstance(getattr(self, field), int | float) or getattr(self, field) <= 0:
+                fail(field, f"must be a positive number, got {getattr(self, field)!r}.")
         if self.query_source not in _QUERY_SOURCES:
             fail("query_source", f"must be one of {_QUERY_SOURCES}, got {self.query_source!r}.")
         if not 0.0 < self.anchor_size <= 1.0:

@@ -61,14 +61,15 @@ def predict_dataset(
     return results
 
 
-def score_predictions(dataset: DetectionDataset, predictions: list[dict], data_dir: str | Path) -> dict:
+def score_predictions(dataset: DetectionDataset, predictions: list[dict], data_dir: str | Path | None) -> dict:
     """The 12 COCO numbers and per-class AP, the duplicate statistics of the detections scoring 0.5 or more
     (`duplicate_rate`: see `duplicate_statistics`); for Pascal VOC data (or any with `difficult` objects) also
-    VOC's mAP@0.5 under `VOC_mAP50`."""
+    VOC's mAP@0.5 under `VOC_mAP50`. `data_dir` is None for a dataset that has no folder (a Hub dataset)."""
     ground_truth = dataset.to_coco_dict()
     metrics = coco_evaluate(ground_truth, predictions)
     metrics.update(duplicate_statistics(predictions))
-    is_voc = detect_layout(data_dir) is VOC_LAYOUT or any(record.difficult.any() for record in dataset.records)
+    is_voc = ((data_dir is not None and detect_layout(data_dir) is VOC_LAYOUT)
+              or any(record.difficult.any() for record in dataset.records))
     if is_voc:
         metrics["VOC_mAP50"] = voc_map50(ground_truth, predictions)
     return metrics

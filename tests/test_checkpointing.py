@@ -13,10 +13,10 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from detr_lite.checkpointing import (STATE_FILE, CheckpointError, check_disk_space, checkpoint_bytes,
+from detr_lite.training.checkpointing import (STATE_FILE, CheckpointError, check_disk_space, checkpoint_bytes,
                                      list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint,
                                      weights_bytes)
-from detr_lite.optimization import build_scheduler, parameter_groups
+from detr_lite.training.optimization import build_scheduler, parameter_groups
 
 
 def make(folder, step: int, complete: bool = True):

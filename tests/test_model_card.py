@@ -3,7 +3,7 @@
 import yaml
 from conftest import tiny_config
 
-from detr_lite.model_card import render_model_card
+from detr_lite.training.model_card import render_model_card
 
 
 def test_card_has_metadata_labels_and_metrics():

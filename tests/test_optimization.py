@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 
 from detr_lite import DeTRLiteForObjectDetection
-from detr_lite.optimization import apply_schedule, build_scheduler, lr_lambda, parameter_groups
+from detr_lite.training.optimization import apply_schedule, build_scheduler, lr_lambda, parameter_groups
 
 
 def test_backbone_gets_its_own_rate_and_norms_biases_no_decay():

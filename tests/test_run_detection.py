@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scripts_helpers import SCRIPTS, load_script, run_script
+from scripts_helpers import SCRIPTS, run_script
 
 from detr_lite.data.synthetic import make_synthetic_dataset
+from detr_lite.training.components import native_bf16
 
 TINY_PRESET = {
     "model": {
@@ -91,7 +92,7 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     preset.write_text(json.dumps(recipe))
     result = train(preset, data_dir, tmp_path / "run")
     # "auto" trains in bf16 exactly where this machine computes it natively.
-    expected = "bf16" if load_script("run_detection.py").native_bf16() else "no"
+    expected = "bf16" if native_bf16() else "no"
     assert f"mixed precision: {expected}" in result.stderr
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_steps"] == 2
     from detr_lite import DeTRLiteForObjectDetection
@@ -111,7 +112,8 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
 
 
 def test_mixed_precision_auto_is_native_bf16_and_a_flag_or_the_launcher_wins(monkeypatch):
-    run_detection = load_script("run_detection.py")
+    from detr_lite.training import components as run_detection
+
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(run_detection, "native_bf16", lambda: True)
     assert run_detection.resolve_mixed_precision("auto", flag_given=False) == "bf16"

@@ -13,7 +13,7 @@ from scripts_helpers import run_script
 from test_checkpointing import save, training_objects
 from test_run_detection import TINY_PRESET
 
-from detr_lite.checkpointing import CheckpointError, load_checkpoint
+from detr_lite.training.checkpointing import CheckpointError, load_checkpoint
 from detr_lite.data.synthetic import make_synthetic_dataset
 
 
@@ -74,7 +74,7 @@ def test_a_file_swapped_after_verification_is_still_not_run(copy, tmp_path, monk
     full one (the EMA, custom_checkpoint_1.pkl)."""
     marker = tmp_path / "marker"
     plant(copy / "custom_checkpoint_1.pkl", marker)
-    monkeypatch.setattr("detr_lite.checkpointing.verify_checkpoint", lambda checkpoint: None)
+    monkeypatch.setattr("detr_lite.training.checkpointing.verify_checkpoint", lambda checkpoint: None)
     with pytest.raises(Exception, match="Weights only load failed"):
         load_checkpoint(training_objects()[0], copy)
     assert not marker.exists()

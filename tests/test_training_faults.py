@@ -21,7 +21,7 @@ from test_checkpointing import file_size_limit
 from test_run_detection import TINY_PRESET
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection
-from detr_lite.checkpointing import (KILL_DURING_SAVE_ENV, CheckpointError, list_checkpoints, resolve_checkpoint,
+from detr_lite.training.checkpointing import (KILL_DURING_SAVE_ENV, CheckpointError, list_checkpoints, resolve_checkpoint,
                                      weights_bytes)
 from detr_lite.data.synthetic import make_synthetic_dataset
 

@@ -161,7 +161,32 @@ def hf_disk_splits(root: Path) -> list[str]:
 
 def read_hf_disk(root: Path, split: str) -> HFDetectionDataset:
     """Reads one split of a ``DatasetDict.save_to_disk`` folder."""
-    dataset_dict = datasets.load_from_disk(str(root))
+    return _read_dataset_dict(datasets.load_from_disk(str(root)), split)
+
+
+def read_hub_dataset(name: str, config: str | None, split: str) -> HFDetectionDataset:
+    """Reads one split of a Hub dataset with ``datasets.load_dataset(name, config)`` (cached after the first time).
+
+    Raises:
+        ValueError: the dataset cannot be loaded (offline and not cached, unknown name, no such split); the
+            message names the dataset and, offline, ``HF_HUB_OFFLINE``.
+    """
+    from huggingface_hub import constants
+
+    try:
+        dataset_dict = datasets.load_dataset(name, config)
+    except Exception as error:  # offline, unknown name, no network: all mean "this dataset cannot be read"
+        offline = (" HF_HUB_OFFLINE is set, so only a dataset already in the local cache can load: unset it where "
+                   "there is network, or save the dataset with DatasetDict.save_to_disk and pass --data_dir."
+                   if constants.is_offline_mode() else "")
+        raise ValueError(f"--dataset_name {name}: cannot load the dataset ({error}).{offline}") from error
+    if split not in dataset_dict:
+        raise ValueError(f"--dataset_name {name}: no split {split!r}. Available splits: {', '.join(dataset_dict)}.")
+    return _read_dataset_dict(dataset_dict, split)
+
+
+def _read_dataset_dict(dataset_dict: datasets.DatasetDict, split: str) -> HFDetectionDataset:
+    """One split, with labels collected over every split so that all splits share them."""
     feature = _category_feature(dataset_dict[split].features)
     categories = []
     if not isinstance(feature, datasets.ClassLabel):  # collect over every split: one label set for all

@@ -4,7 +4,16 @@ import math
 from pathlib import Path
 from string import Template
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+
+def _template_path() -> Path:
+    """The template: the top-level `model_card.md` of a source checkout (or editable install), else the copy the
+    build puts next to this module in a wheel (setup.py's build step)."""
+    here = Path(__file__).resolve().parent
+    source = here.parents[1] / "model_card.md"
+    return source if source.is_file() else here / "model_card.md"
+
+
+TEMPLATE = _template_path()
 
 
 def _number(value) -> str:
