@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max_grad_norm", type=float)
     add("--num_train_epochs", type=int)
     add("--max_train_steps", type=int, help="overrides num_train_epochs")
+    add("--max_train_time", type=float, help="minutes of training (evaluation not counted): the number of steps, "
+        "and so the learning-rate schedule, is fitted to it from this machine's measured step times; overrides "
+        "--max_train_steps and --num_train_epochs")
     add("--gradient_accumulation_steps", type=int)
     add("--lr_scheduler_type", choices=("constant", "step", "cosine"))
     add("--num_warmup_steps", type=int)
@@ -96,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"refuse images with more pixels (Pillow's decompression-bomb guard; 0: no limit); "
              f"default {Image.MAX_IMAGE_PIXELS:,}")
     add("--dataloader_num_workers", type=int)
+    add("--cache_images", choices=("auto", "yes", "no"),
+        help="decode the training images once and keep them in memory at the canvas size (the processor's input "
+             "size); auto: when that takes at most 4 GiB")
     add("--max_train_samples", type=int)
     add("--max_eval_samples", type=int)
     add("--seed", type=int)

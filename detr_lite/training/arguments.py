@@ -44,6 +44,7 @@ class TrainingArguments:
     per_device_eval_batch_size: int = 8
     num_train_epochs: int = 50
     max_train_steps: int | None = None  # overrides num_train_epochs
+    max_train_time: float | None = None  # minutes of training; the step count is fitted to it (overrides both)
     gradient_accumulation_steps: int = 1
     lr_scheduler_type: str = "step"  # constant, step (x0.1 at lr_drop_epochs) or cosine
     num_warmup_steps: int = 0
@@ -54,6 +55,7 @@ class TrainingArguments:
     checkpointing_steps: str | int = "epoch"  # "epoch", or a number of steps
     checkpoints_total_limit: int = 2  # keep the newest N checkpoints
     dataloader_num_workers: int = 2
+    cache_images: str = "auto"  # decode training images once into memory at the canvas size: auto (<= 4 GiB), yes, no
     seed: int = 42
     logging_steps: int = 10
     mixed_precision: str | None = None  # no, fp16, bf16, auto (bf16 where native); None: what accelerate launch says
@@ -83,10 +85,13 @@ class TrainingArguments:
         if not 0.0 <= self.ema_decay < 1.0:
             fail("ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}.")
         choices = {"on_bad_sample": ("skip", "error"), "lr_scheduler_type": ("constant", "step", "cosine"),
-                   "augmentation": ("detr", "flip"), "mixed_precision": (None, "no", "fp16", "bf16", "auto")}
+                   "augmentation": ("detr", "flip"), "mixed_precision": (None, "no", "fp16", "bf16", "auto"),
+                   "cache_images": ("auto", "yes", "no")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 fail(field, f"must be one of {allowed}, got {getattr(self, field)!r}.")
+        if self.max_train_time is not None and not self.max_train_time > 0:
+            fail("max_train_time", f"must be a positive number of minutes, got {self.max_train_time!r}.")
         if self.data_dir is not None and self.dataset_name is not None:
             fail("dataset_name", "and --data_dir both name a dataset; give one of them.")
         step_interval(self.eval_every, "eval_every")  # parsed now, so a typo fails before training

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, LoggerType
 
 from ..configuration_detr_lite import DeTRLiteConfig
-from ..data import DetectionDataset, load_detection_dataset
+from ..data import DEFAULT_MEMORY_LIMIT, DecodedImageCache, DetectionDataset, cached_size, load_detection_dataset
 from ..data.hf import read_hub_dataset
 from ..data.synthetic import make_synthetic_dataset
 from ..modeling_detr_lite import DeTRLiteForObjectDetection
@@ -114,6 +114,16 @@ def load_splits(args: TrainingArguments) -> tuple[DetectionDataset, DetectionDat
             raise TrainingError(f"{source}: split {split!r} has no images; there is nothing to "
                                 f"{'train' if dataset is train else 'evaluate'} on. Check the split's annotations.")
     return train, val
+
+
+def training_images(train: DetectionDataset, args: TrainingArguments, image_size: int,
+                    accelerator: Accelerator) -> DetectionDataset | DecodedImageCache:
+    """The training split, decoded once into memory at the canvas size when `args.cache_images` allows it."""
+    if args.cache_images == "no" or (args.cache_images == "auto"
+                                      and cached_size(train, image_size) > DEFAULT_MEMORY_LIMIT):
+        return train
+    workers = max(1, (os.cpu_count() or 1) // accelerator.num_processes)
+    return DecodedImageCache(train, image_size, num_workers=workers, show_progress=accelerator.is_local_main_process)
 
 
 def _read_split(args: TrainingArguments, split: str) -> DetectionDataset:

@@ -25,12 +25,13 @@ from ..loss_detr_lite import NonFinitePredictionError
 from ..modeling_detr_lite import DeTRLiteForObjectDetection
 from .arguments import TrainingArguments
 from .checkpointing import check_disk_space, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .components import build_model, load_splits, make_accelerator, prepare_output_dir
+from .components import build_model, load_splits, make_accelerator, prepare_output_dir, training_images
 from .optimization import apply_schedule, build_scheduler, parameter_groups
 from .policies import (StopSignal, TrainingError, TrainingInterrupted, ignore_stop_signals, is_due, is_new_best,
                        nonfinite_streak)
 from .saving import push_to_hub, save_model, save_sample_prediction
 from .state import TrainingState
+from .time_budget import TimeBudget
 
 logger = logging.getLogger(__name__)
 # The final layer's loss terms, logged next to the total (the auxiliary layers' `_{i}` terms are not).
@@ -80,7 +81,8 @@ class Trainer:
     def _prepare(self, model: DeTRLiteForObjectDetection) -> None:
         """Data loader, optimizer, scheduler and EMA, wrapped by Accelerate."""
         args, accelerator = self.args, self.accelerator
-        self.augmented = SeededAugmentation(self.train_set, functools.partial(
+        images = training_images(self.train_set, args, model.config.image_size, accelerator)
+        self.augmented = SeededAugmentation(images, functools.partial(
             train_transforms, model.config.image_size, policy=args.augmentation), args.seed)
         # Workers are re-created each epoch (not persistent) so they see the epoch the augmentation is seeded by.
         loader = DataLoader(SkipBadImages(self.augmented, replace=True), batch_size=args.per_device_train_batch_size,
@@ -99,11 +101,12 @@ class Trainer:
                 f"fewer than one batch of {args.per_device_train_batch_size} x {accelerator.num_processes} processes. "
                 "Lower --per_device_train_batch_size or add images.")
         steps_per_epoch = max(1, math.ceil(len(self.train_loader) / args.gradient_accumulation_steps))
+        # With a time budget, this length stands only until the first fit (see `_fit_to_budget`).
         self.max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-        self.num_epochs = math.ceil(self.max_steps / steps_per_epoch)
+        self.budget = TimeBudget(args.max_train_time * 60) if args.max_train_time else None
         drop_step = args.lr_drop_epochs * steps_per_epoch if args.lr_drop_epochs else None
         self.scheduler = build_scheduler(self.optimizer, args.lr_scheduler_type, args.num_warmup_steps,
-                                         self.max_steps, drop_step)
+                                         lambda: self.max_steps, drop_step)
         accelerator.register_for_checkpointing(self.scheduler)
         self.ema = None
         if args.ema_decay:
@@ -129,9 +132,9 @@ class Trainer:
         self.model.train()
         try:
             with StopSignal() as self.stop:
-                for epoch in range(self.state.epoch, self.num_epochs):
-                    if self.state.step >= self.max_steps or not self._train_epoch(epoch):
-                        break  # finished (also when resumed from a finished run), or stopped mid-epoch
+                # Ends when finished (at once when resumed from a finished run), or stopped mid-epoch.
+                while self.state.step < self.max_steps and self._train_epoch(self.state.epoch):
+                    pass
         finally:
             self.progress.close()
         return self._finish()
@@ -139,6 +142,7 @@ class Trainer:
     def _resume(self) -> None:
         checkpoint = resolve_checkpoint(self.output_dir, self.args.resume_from_checkpoint)
         self.state = TrainingState.from_dict(load_checkpoint(self.accelerator, checkpoint))
+        self.max_steps = self.state.planned_steps or self.max_steps
         apply_schedule(self.scheduler)
         logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.step, self.state.epoch,
                     self.state.batch_in_epoch)
@@ -211,6 +215,7 @@ class Trainer:
         self.scheduler.step()
         state.step += 1
         self.progress.update(1)
+        self._fit_to_budget()
         if self.step_skipped:
             state.skipped_steps += 1
             logger.warning("step %d: the loss is NaN or inf; update skipped (%d in a row, %d in all).",
@@ -228,6 +233,22 @@ class Trainer:
             self._checkpoint()
         if signum:
             self._stop_for_signal(signum)
+
+    def _fit_to_budget(self) -> None:
+        """With --max_train_time, (re)fit the run's length to the budget from the time its steps took so far.
+
+        Every process gets the same length: the elapsed times are averaged over processes first.
+        """
+        state = self.state
+        if self.budget is None or not self.budget.wants_fit(state.step, self.max_steps):
+            return
+        elapsed = torch.tensor(time.monotonic() - self.start - state.eval_time, device=self.accelerator.device)
+        elapsed = float(self.accelerator.reduce(elapsed, "mean"))
+        self.max_steps = state.planned_steps = self.budget.fit(state.step, elapsed)
+        self.progress.total = self.max_steps
+        self.progress.refresh()
+        logger.info("step %d: %.3f s a step, so %d steps fit --max_train_time %g", state.step, elapsed / state.step,
+                    self.max_steps, self.args.max_train_time)
 
     def _log_losses(self) -> None:
         """The mean of each loss term since the last log, over steps and processes: to the log and the trackers."""
@@ -249,7 +270,9 @@ class Trainer:
         """Evaluate (the EMA weights when kept), log the AP figures, save the model when it is the best so far."""
         state, accelerator = self.state, self.accelerator
         eval_model = self.ema.module if self.ema is not None else self.plain_model
+        began = time.monotonic()
         self.metrics = evaluate(accelerator, eval_model, self.processor, self.val_set, self.args, self.bad_images)
+        state.eval_time += time.monotonic() - began
         state.last_eval_step = state.step
         if accelerator.is_main_process:
             state.train_time = time.monotonic() - self.start

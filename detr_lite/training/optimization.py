@@ -2,6 +2,7 @@
 warmup, then a step or cosine decay."""
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,12 +46,16 @@ def lr_lambda(step: int, scheduler_type: str, warmup_steps: int, total_steps: in
     raise ValueError(f"lr_scheduler_type must be 'constant', 'step' or 'cosine', got {scheduler_type!r}.")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, scheduler_type: str, warmup_steps: int, total_steps: int,
-                    drop_step: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR over `lr_lambda`; its state is a step counter, so it checkpoints and resumes exactly."""
-    lr_lambda(0, scheduler_type, warmup_steps, total_steps, drop_step)  # validate the type up front
+def build_scheduler(optimizer: torch.optim.Optimizer, scheduler_type: str, warmup_steps: int,
+                    total_steps: int | Callable[[], int], drop_step: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over `lr_lambda`; its state is a step counter, so it checkpoints and resumes exactly.
+
+    `total_steps` may be a function, read at every step: a time budget changes the run's length as it goes.
+    """
+    total = total_steps if callable(total_steps) else lambda: total_steps
+    lr_lambda(0, scheduler_type, warmup_steps, total(), drop_step)  # validate the type up front
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_lambda(step, scheduler_type, warmup_steps, total_steps, drop_step)
+        optimizer, lambda step: lr_lambda(step, scheduler_type, warmup_steps, total(), drop_step)
     )
 
 

@@ -22,6 +22,8 @@ class TrainingState:
     last_eval_step: int = -1
     last_checkpoint_step: int = -1
     skipped_steps: int = 0  # steps whose loss was not finite, so whose update was skipped
+    eval_time: float = 0.0  # seconds of `train_time` spent evaluating (a time budget does not count them)
+    planned_steps: int | None = None  # the step count fitted to --max_train_time, once fitted
     learning_curve: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
