@@ -122,6 +122,8 @@ def training_arguments(args: argparse.Namespace, preset: Preset, command: str) -
     """Flags over the preset's "training" and "data" sections over `TrainingArguments`' defaults."""
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
     recipe = {key: preset.training[key] for key in RECIPE_FIELDS if key in preset.training and key not in given}
+    if {"max_train_steps", "num_train_epochs"} & set(given):
+        recipe.pop("max_train_time", None)  # a length given on the command line beats the preset's time budget
     data = {DATA_SECTION[key]: value for key, value in preset.data.items()}
     synthetic = args.data_dir is None and args.dataset_name is None
     values = {"output_dir": "out/quickstart" if synthetic else "out", **data, **recipe, **given, "command": command}

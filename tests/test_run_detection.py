@@ -83,10 +83,10 @@ def test_best_model_works_in_the_pipeline(trained, data_dir):
 
 
 def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
-    """Encoder queries, box refinement and one-to-many matching, end to end; the sample image shows boxes."""
+    """Selected encoder queries, box refinement and a one-to-many group, end to end; the sample shows boxes."""
     recipe = json.loads(json.dumps(TINY_PRESET))
     del recipe["model"]["num_queries"]
-    recipe["model"].update(query_source="encoder", box_refinement=True, auxiliary_matching_copies=3)
+    recipe["model"].update(query_source="encoder", box_refinement=True, num_selected_queries=5, one_to_many_copies=3)
     recipe["training"].update(max_train_steps=2, eval_every=2, checkpointing_steps=2, mixed_precision="auto")
     preset = tmp_path / "recipe.json"
     preset.write_text(json.dumps(recipe))
@@ -100,7 +100,7 @@ def test_the_quickstart_recipe_trains_saves_and_reloads(data_dir, tmp_path):
     model = DeTRLiteForObjectDetection.from_pretrained(tmp_path / "run" / "best").eval()
     with torch.no_grad():
         outputs = model(torch.zeros(1, 3, 128, 128))
-    assert outputs.pred_boxes.shape == (1, (128 // 32) ** 2, 4)  # one detection per encoder token
+    assert outputs.pred_boxes.shape == (1, 5, 4)  # one detection per selected encoder token
     # Two steps score nothing above 0.5, so the sample falls back to the 3 best detections, drawn.
     assert "drawing the 3 best" in result.stderr
     from PIL import Image
@@ -250,3 +250,19 @@ def test_evaluate_reports_voc_map_on_voc_data(data_dir, tmp_path):
                "--split", "val", "--output", str(tmp_path / "metrics.json"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["VOC_mAP50"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+
+
+BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd"
+
+
+@pytest.mark.skipif(not BCCD.is_dir(), reason="the real-photo development set (../shared/datasets/bccd) is absent")
+def test_the_small_data_preset_trains_on_real_photos(tmp_path):
+    run_script("run_detection.py", "--config", str(SCRIPTS.parent / "configuration" / "detr_lite_small_data.json"),
+               "--data_dir", str(BCCD), "--train_split", "train", "--val_split", "val", "--output_dir", str(tmp_path),
+               "--max_train_samples", "16", "--max_eval_samples", "4", "--max_train_steps", "2",
+               "--eval_every", "2", "--checkpointing_steps", "2")
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["train_steps"] == 2  # the preset's time budget gives way to the length asked for
+    assert {"AP50", "VOC_mAP50", "duplicate_rate", "detections"} <= set(results)
+    config = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert config["image_size"] == 320 and sorted(config["id2label"].values()) == ["Platelets", "RBC", "WBC"]
