@@ -73,7 +73,7 @@ class Trainer:
         model = build_model(args, config, self.train_set.id2label)
         if self.accelerator.is_main_process:
             check_disk_space(self.output_dir, model, with_ema=bool(args.ema_decay))
-        self.processor = DeTRLiteImageProcessor(size=model.config.image_size)
+        self.processor = DeTRLiteImageProcessor(size={"longest_edge": model.config.image_size})
         self._prepare(model)
         self.state, self.metrics, self.streak, self.step_skipped = TrainingState(), {}, 0, False
 
