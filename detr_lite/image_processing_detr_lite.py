@@ -179,9 +179,10 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
             self.pad_size = {key: int(value) for key, value in self.pad_size.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialisable settings; `label2id` is written even when None so the file lists every field."""
+        """Serialisable settings; `label2id` and `pad_size` are written even when None so the file lists every
+        field."""
         output = super().to_dict()
-        output["label2id"] = self.label2id
+        output["label2id"], output["pad_size"] = self.label2id, self.pad_size
         return output
 
     def __call__(
