@@ -1,4 +1,10 @@
-"""DeTR-Lite image processor: any image → RGB → letterbox (or stretch) onto a square canvas → batch.
+"""DeTR-Lite image processor: any image (or a path or URL) → RGB → letterbox (or stretch) onto a square canvas
+→ batch.
+
+Settings use transformers' names and meanings (as its DETR processor): `size` as `{"longest_edge": S}` or
+`{"max_height": S, "max_width": S}` (letterbox) or `{"height": S, "width": S}` (stretch), `do_resize`,
+`do_rescale`/`rescale_factor`, `do_normalize`/`image_mean`/`image_std`, `do_pad`/`pad_size`, `resample`; each can
+also be given per call. An int `size` (older saved configs) is the letterbox.
 
 Conventions follow DETR (Carion et al. 2020) and its transformers port, written afresh:
 - pixels are ImageNet-normalised and padded pixels are `pad_value` (0.0) in the *normalised* tensor,
@@ -22,6 +28,7 @@ Hub rule: copied for trust_remote_code, so it imports only torch, transformers, 
 """
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -31,13 +38,17 @@ import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
 
 from .box_ops import center_to_corners, corners_to_center
 
-ImageLike = Image.Image | np.ndarray | Tensor
+ImageLike = Image.Image | np.ndarray | Tensor | str | os.PathLike
 
 _RESIZE_MODES = ("letterbox", "stretch")
+# The accepted forms of `size` (transformers' keys) and the resize each one means.
+_SIZE_FORMS = {("longest_edge",): "letterbox", ("max_height", "max_width"): "letterbox",
+               ("height", "width"): "stretch"}
+_URL_TIMEOUT_S = 10.0
 _MIN_SIZE = 32  # the ResNet backbone downsamples by 32: smaller canvases leave no feature map
 # PIL resample ids → torch interpolate modes. torch's antialiased uint8 kernels reproduce PIL's
 # filters (bilinear bit-exactly) and are ~4x faster than PIL.resize on 2 CPU cores.
@@ -54,12 +65,17 @@ _CHANNEL_COUNTS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
 class DeTRLiteImageProcessorKwargs(TypedDict, total=False):
     """Keyword arguments `from_pretrained(..., **kwargs)` may override."""
 
-    size: int
+    size: dict | int
     resize_mode: str
+    do_resize: bool
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
     image_mean: list[float]
     image_std: list[float]
+    do_pad: bool
+    pad_size: dict | None
     pad_value: float
-    do_normalize: bool
     label2id: dict | None
     resample: int
 
@@ -68,13 +84,21 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
     """Turns images (and COCO annotations) into DeTR-Lite inputs; turns outputs into boxes.
 
     Args:
-        size: Side of the square canvas every image is placed on (>= 32).
-        resize_mode: `"letterbox"`: the longest side becomes `size`, aspect ratio kept, image at the
-            top-left, padding bottom/right. `"stretch"`: plain `size`×`size` resize, no padding.
+        size: The square canvas S (>= 32) and how images are fitted to it: `{"longest_edge": S}` or
+            `{"max_height": S, "max_width": S}`: letterbox, the longest side becomes S, aspect ratio kept, image
+            at the top-left, padding bottom/right. `{"height": S, "width": S}`: stretch, a plain S×S resize.
+            An int S is the letterbox (or, with `resize_mode="stretch"`, the stretch).
+        resize_mode: Only with an int `size` (older configs): `"letterbox"` or `"stretch"`.
+        do_resize: If False, images keep their size (each must fit in `pad_size`).
+        do_rescale: If True, pixels are multiplied by `rescale_factor` (1/255: 0..1).
+        rescale_factor: The rescale multiplier, > 0.
+        do_normalize: If True, pixels are mean/std normalised (after rescaling).
         image_mean: Per-channel RGB mean in 0..1 (ImageNet by default).
         image_std: Per-channel RGB standard deviation in 0..1, all > 0 (ImageNet by default).
+        do_pad: If True, images are padded bottom/right to `pad_size`; if False, the images of a batch must
+            come out of resizing with one size.
+        pad_size: `{"height", "width"}` of the padded batch, at least the canvas; None: the canvas S×S.
         pad_value: Value of padded pixels in the returned (normalised) `pixel_values`; 0.0 as in DETR.
-        do_normalize: If False, `pixel_values` are RGB in 0..1 instead of mean/std normalised.
         label2id: Maps dataset category ids (COCO's sparse ints, VOC names) to contiguous classes
             0..K-1. None: category ids are already class indices and are used as they are.
         resample: PIL resampling filter: NEAREST (0), BILINEAR (2, default) or BICUBIC (3).
@@ -85,41 +109,61 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
 
     def __init__(
         self,
-        size: int = 640,
-        resize_mode: str = "letterbox",
+        size: Mapping[str, int] | int = 640,
+        resize_mode: str | None = None,
+        do_resize: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        do_pad: bool = True,
+        pad_size: Mapping[str, int] | None = None,
         pad_value: float = 0.0,
-        do_normalize: bool = True,
         label2id: Mapping[Any, int] | None = None,
         resample: int = Image.Resampling.BILINEAR,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # hub bookkeeping keys (image_processor_type, auto_map) become attributes
-        self.size = size
-        self.resize_mode = resize_mode
+        self.size = _size_dict(size, resize_mode)
+        self.do_resize, self.do_rescale, self.rescale_factor = do_resize, do_rescale, rescale_factor
+        self.do_normalize = do_normalize
         self.image_mean = _channel_constants("image_mean", image_mean)
         self.image_std = _channel_constants("image_std", image_std)
+        self.do_pad = do_pad
+        self.pad_size = None if pad_size is None else dict(pad_size)
         self.pad_value = pad_value
-        self.do_normalize = do_normalize
         self.label2id = None if label2id is None else {_category_key(k): v for k, v in label2id.items()}
         self.resample = resample
         self._validate()
+
+    @property
+    def canvas_size(self) -> int:
+        """S, the side of the square canvas images are resized to."""
+        return int(next(iter(self.size.values())))
+
+    @property
+    def resize_mode(self) -> str:
+        """`"letterbox"` or `"stretch"`, as `size`'s keys say."""
+        return _SIZE_FORMS[tuple(self.size)]
 
     def _validate(self) -> None:
         def fail(field: str, message: str) -> None:
             raise ValueError(f"DeTRLiteImageProcessor.{field}: {message}")
 
-        if not _is_int(self.size) or self.size < _MIN_SIZE:
-            fail("size", f"must be an integer >= {_MIN_SIZE} (the backbone stride), got {self.size!r}.")
-        if self.resize_mode not in _RESIZE_MODES:
-            fail("resize_mode", f"must be one of {_RESIZE_MODES}, got {self.resize_mode!r}.")
+        for field in ("do_resize", "do_rescale", "do_normalize", "do_pad"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, f"must be True or False, got {getattr(self, field)!r}.")
+        if not isinstance(self.rescale_factor, int | float) or not self.rescale_factor > 0:
+            fail("rescale_factor", f"must be a positive number, got {self.rescale_factor!r}.")
+        if self.pad_size is not None and (set(self.pad_size) != {"height", "width"} or not all(
+                _is_int(v) and v >= self.canvas_size for v in self.pad_size.values())):
+            fail("pad_size", f"must be None or {{'height': H, 'width': W}} with H and W at least the canvas "
+                 f"({self.canvas_size}), got {self.pad_size!r}.")
         if any(s <= 0 for s in self.image_std):
             fail("image_std", f"every channel must be > 0 (it divides the pixels), got {self.image_std}.")
         if not isinstance(self.pad_value, int | float) or not math.isfinite(self.pad_value):
             fail("pad_value", f"must be a finite number, got {self.pad_value!r}.")
-        if not isinstance(self.do_normalize, bool):
-            fail("do_normalize", f"must be True or False, got {self.do_normalize!r}.")
         if self.resample not in _INTERPOLATION:
             fail("resample", f"must be PIL NEAREST (0), BILINEAR (2) or BICUBIC (3), got {self.resample!r}.")
         if self.label2id is not None:
@@ -128,12 +172,17 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
                 fail("label2id", f"values must be the contiguous class indices 0..K-1, got {sorted(classes, key=str)}.")
             self.label2id = {key: int(index) for key, index in self.label2id.items()}
         # plain Python numbers, so preprocessor_config.json can hold them
-        self.size, self.resample, self.pad_value = int(self.size), int(self.resample), float(self.pad_value)
+        self.resample, self.pad_value, self.rescale_factor = int(self.resample), float(self.pad_value), float(
+            self.rescale_factor)
+        self.size = {key: int(value) for key, value in self.size.items()}
+        if self.pad_size is not None:
+            self.pad_size = {key: int(value) for key, value in self.pad_size.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialisable settings; `label2id` is written even when None so the file lists every field."""
+        """Serialisable settings; `label2id` and `pad_size` are written even when None so the file lists every
+        field."""
         output = super().to_dict()
-        output["label2id"] = self.label2id
+        output["label2id"], output["pad_size"] = self.label2id, self.pad_size
         return output
 
     def __call__(
@@ -141,31 +190,35 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
         images: ImageLike | Sequence[ImageLike],
         annotations: Mapping | Sequence[Mapping] | None = None,
         return_tensors: str | None = "pt",
+        **settings: Any,
     ) -> BatchFeature:
         """Same as `preprocess`."""
-        return self.preprocess(images, annotations=annotations, return_tensors=return_tensors)
+        return self.preprocess(images, annotations=annotations, return_tensors=return_tensors, **settings)
 
     def preprocess(
         self,
         images: ImageLike | Sequence[ImageLike],
         annotations: Mapping | Sequence[Mapping] | None = None,
         return_tensors: str | None = "pt",
+        **settings: Any,
     ) -> BatchFeature:
         """Resize, pad and normalise a batch of images; convert their COCO annotations to labels.
 
         Args:
             images: One image or a list of B images: PIL images in any mode, numpy arrays or torch
                 tensors, (H, W), (H, W, C) or (C, H, W) with C in 1..4 (arrays are read channels-last
-                and tensors channels-first when both fit), uint8, uint16, bool or float in 0..1.
-                A 4-D array/tensor is a batch.
+                and tensors channels-first when both fit), uint8, uint16, bool or float in 0..1;
+                file paths; http(s) URLs (fetched, where the network allows). A 4-D array/tensor is a batch.
             annotations: One COCO detection target per image (a single dict for a single image):
                 `{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id", "area",
                 "iscrowd"}, ...]}` with bbox in pixels of the original (EXIF-upright) image.
             return_tensors: Only `"pt"` (or None, same result): the outputs are torch tensors.
+            **settings: Any constructor setting (`size`, `do_resize`, `do_rescale`, `do_normalize`, `do_pad`,
+                ...) for this call only.
 
         Returns:
-            `BatchFeature` with `pixel_values` float (B, 3, size, size), `pixel_mask` long
-            (B, size, size) with 1 on real pixels and 0 on padding, and, when annotations are given,
+            `BatchFeature` with `pixel_values` float (B, 3, H, W) (`pad_size`, S×S by default), `pixel_mask`
+            long (B, H, W) with 1 on real pixels and 0 on padding, and, when annotations are given,
             `labels`: a list of B dicts with `class_labels` long (n,), `boxes` float (n, 4) as
             (cx, cy, w, h) normalised to the unpadded resized image, `image_id` long (1,),
             `orig_size` and `size` long (2,) as (h, w) of the original and of the unpadded resized
@@ -173,16 +226,20 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
             left out, boxes are clipped to the image and boxes left with no area are dropped.
 
         Raises:
-            ValueError: unsupported image, annotation count mismatch, malformed bbox, or a category
-                id that `label2id` does not know (or, without label2id, that is not a class index).
+            ValueError: unsupported or unreadable image (naming the path or URL), an unknown or invalid
+                setting, images that do not fit the padded size, annotation count mismatch, malformed bbox,
+                or a category id that `label2id` does not know (or, without label2id, not a class index).
         """
+        if settings:
+            return self._with_settings(settings).preprocess(images, annotations, return_tensors)
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' (torch tensors), got {return_tensors!r}.")
         images = [_to_rgb_uint8(image) for image in _as_image_list(images)]
         orig_sizes = [tuple(image.shape[-2:]) for image in images]
         resized_sizes = [self._resized_size(*hw) for hw in orig_sizes]
-        canvas = torch.zeros(len(images), 3, self.size, self.size, dtype=torch.uint8)
-        pixel_mask = torch.zeros(len(images), self.size, self.size, dtype=torch.long)
+        batch_height, batch_width = self._batch_size(resized_sizes)
+        canvas = torch.zeros(len(images), 3, batch_height, batch_width, dtype=torch.uint8)
+        pixel_mask = torch.zeros(len(images), batch_height, batch_width, dtype=torch.long)
         for index, (image, (height, width)) in enumerate(zip(images, resized_sizes)):
             canvas[index, :, :height, :width] = self._resize(image, height, width)
             pixel_mask[index, :height, :width] = 1
@@ -191,12 +248,40 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
             data["labels"] = self._labels(annotations, orig_sizes, resized_sizes)
         return BatchFeature(data=data)
 
+    def _with_settings(self, settings: dict[str, Any]) -> "DeTRLiteImageProcessor":
+        """A processor with some settings replaced, validated like any other (for per-call settings)."""
+        unknown = sorted(set(settings) - set(DeTRLiteImageProcessorKwargs.__annotations__))
+        if unknown:
+            raise ValueError(f"DeTRLiteImageProcessor: unknown setting(s) {unknown}; the settings are "
+                             f"{sorted(DeTRLiteImageProcessorKwargs.__annotations__)}.")
+        current = {key: getattr(self, key) for key in DeTRLiteImageProcessorKwargs.__annotations__
+                   if key != "resize_mode"}
+        return type(self)(**{**current, **settings})
+
     def _resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the unpadded resized image."""
+        side = self.canvas_size
+        if not self.do_resize:
+            return height, width
         if self.resize_mode == "stretch":
-            return self.size, self.size
-        scale = self.size / max(height, width)
+            return side, side
+        scale = side / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _batch_size(self, resized_sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """(H, W) of the batch: `pad_size`, or without padding the one size every resized image has."""
+        if not self.do_pad:
+            if len(set(resized_sizes)) > 1:
+                raise ValueError(f"With do_pad=False every image must come out of resizing with one size, got "
+                                 f"{sorted(set(resized_sizes))}; pass do_pad=True to batch them.")
+            return resized_sizes[0]
+        pad_size = self.pad_size or {"height": self.canvas_size, "width": self.canvas_size}
+        height, width = pad_size["height"], pad_size["width"]
+        too_large = [hw for hw in resized_sizes if hw[0] > height or hw[1] > width]
+        if too_large:
+            raise ValueError(f"Images of (h, w) {too_large} do not fit the padded size {pad_size}; resize them "
+                             "(do_resize=True) or pass a larger pad_size.")
+        return height, width
 
     def _resize(self, image: Tensor, height: int, width: int) -> Tensor:
         """(3, H, W) uint8 → (3, height, width) uint8, antialiased when shrinking."""
@@ -207,8 +292,10 @@ class DeTRLiteImageProcessor(BaseImageProcessor):
         return resized[0]
 
     def _normalize(self, canvas: Tensor, pixel_mask: Tensor) -> Tensor:
-        """(B, 3, S, S) uint8 → float in one batched op: (x / 255 - mean) / std, padding = pad_value."""
-        pixels = canvas.float().div_(255.0)
+        """(B, 3, H, W) uint8 → float in one batched op: (x * rescale_factor - mean) / std, padding = pad_value."""
+        pixels = canvas.float()
+        if self.do_rescale:
+            pixels = pixels.mul_(self.rescale_factor)
         if self.do_normalize:
             mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
             std = torch.tensor(self.image_std).view(1, 3, 1, 1)
@@ -354,8 +441,48 @@ def _as_image_list(images: Any) -> list:
     return [images]
 
 
+def _size_dict(size: Mapping[str, int] | int, resize_mode: str | None) -> dict[str, int]:
+    """`size` in one of transformers' forms, or an int with `resize_mode` (older configs) → the dict kept."""
+    def fail(field: str, message: str) -> None:
+        raise ValueError(f"DeTRLiteImageProcessor.{field}: {message}")
+
+    if resize_mode is not None and resize_mode not in _RESIZE_MODES:
+        fail("resize_mode", f"must be one of {_RESIZE_MODES}, got {resize_mode!r}.")
+    if _is_int(size):
+        size = {"height": size, "width": size} if resize_mode == "stretch" else {"longest_edge": size}
+    forms = " or ".join(str(dict.fromkeys(keys, "S")) for keys in _SIZE_FORMS)
+    if not isinstance(size, Mapping) or tuple(sorted(size)) not in {tuple(sorted(k)) for k in _SIZE_FORMS}:
+        fail("size", f"must be {forms} (S >= {_MIN_SIZE}), or an int S; got {size!r}.")
+    keys = next(keys for keys in _SIZE_FORMS if set(keys) == set(size))
+    values = {size[key] for key in keys}
+    if not all(_is_int(value) and value >= _MIN_SIZE for value in values) or len(values) > 1:
+        fail("size", f"the canvas is square: must be {forms} with one integer S >= {_MIN_SIZE} (the backbone "
+             f"stride), got {size!r}.")
+    if resize_mode is not None and _SIZE_FORMS[keys] != resize_mode:
+        fail("resize_mode", f"{resize_mode!r} contradicts size {size!r}; give the size alone.")
+    return {key: size[key] for key in keys}
+
+
+def _open_image(source: str | os.PathLike) -> Image.Image:
+    """A file path or an http(s) URL → PIL image, or a ValueError naming the source."""
+    text = os.fspath(source)
+    if text.startswith(("http://", "https://")):
+        try:
+            return load_image(text, timeout=_URL_TIMEOUT_S)
+        except Exception as error:  # no network, refused, not found, not an image: all mean "cannot read it"
+            raise ValueError(f"Cannot fetch the image {text} ({type(error).__name__}: {error}).") from error
+    try:
+        image = Image.open(text)
+        image.load()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read the image file {text} ({error}).") from error
+    return image
+
+
 def _to_rgb_uint8(image: ImageLike) -> Tensor:
     """Any supported image → (3, H, W) uint8 tensor (possibly a channels-last view)."""
+    if isinstance(image, str | os.PathLike):
+        image = _open_image(image)
     if isinstance(image, Image.Image):
         array, channels_first = _pil_to_array(image), False
     elif isinstance(image, Tensor):
@@ -364,7 +491,8 @@ def _to_rgb_uint8(image: ImageLike) -> Tensor:
     elif isinstance(image, np.ndarray):
         array, channels_first = image, False
     else:
-        raise ValueError(f"Images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}.")
+        raise ValueError(f"Images must be PIL images, numpy arrays, torch tensors, file paths or URLs, got "
+                         f"{type(image).__name__}.")
     chw = _channels_first(torch.from_numpy(_array_to_uint8(array)), channels_first)
     return chw[:3] if chw.shape[0] >= 3 else chw[:1].expand(3, -1, -1)
 

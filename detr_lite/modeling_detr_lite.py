@@ -19,6 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_detr_lite import DeTRLiteConfig
@@ -37,6 +38,12 @@ class DeTRLiteModelOutput(ModelOutput):
         intermediate_hidden_states: (L, B, Q, d_model) every decoder layer's output after the shared LayerNorm;
             the last entry equals `last_hidden_state`.
         encoder_last_hidden_state: (B, HW, d_model) encoder output (the decoder's memory).
+        decoder_hidden_states: with `output_hidden_states=True`, L + 1 tensors (B, Q, d_model): the decoder's
+            input queries, then each layer's output after the shared LayerNorm.
+        encoder_hidden_states: with `output_hidden_states=True`, encoder_layers + 1 tensors (B, HW, d_model):
+            the projected image tokens, then each encoder layer's output.
+        decoder_attentions: with `output_attentions=True`, one (B, heads, Q, Q) self-attention map per decoder layer.
+        encoder_attentions: with `output_attentions=True`, one (B, heads, HW, HW) map per encoder layer.
         cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
         feature_mask: (B, h, w) bool, True where the backbone feature map covers real (unpadded) pixels.
         reference_boxes: (B, Q, 4) each query's first reference box (cx, cy, w, h), only with
@@ -50,6 +57,10 @@ class DeTRLiteModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     intermediate_hidden_states: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
     reference_boxes: torch.FloatTensor | None = None
@@ -73,6 +84,8 @@ class DeTRLiteObjectDetectionOutput(ModelOutput):
             and `config.auxiliary_loss` is on.
         last_hidden_state: (B, Q, d_model) final decoder output.
         encoder_last_hidden_state: (B, HW, d_model) encoder output.
+        decoder_hidden_states, encoder_hidden_states: with `output_hidden_states=True`, as in `DeTRLiteModelOutput`.
+        decoder_attentions, encoder_attentions: with `output_attentions=True`, as in `DeTRLiteModelOutput`.
         cross_attentions: one (B, heads, Q, HW) tensor per decoder layer, only with `output_attentions=True`.
         feature_mask: (B, h, w) bool, True where the feature map covers real pixels.
         proposal_logits: (B, HW, num_labels + 1) every encoder token's class proposal, only with encoder queries.
@@ -86,6 +99,10 @@ class DeTRLiteObjectDetectionOutput(ModelOutput):
     auxiliary_outputs: list[dict] | None = None
     last_hidden_state: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
     proposal_logits: torch.FloatTensor | None = None
@@ -268,8 +285,9 @@ def _attention_kernels(q: torch.Tensor):
 class DeTRLiteAttention(nn.Module):
     """Multi-head attention with separate query/key/value inputs (DETR adds positions to q and k, not v).
 
-    Runs through `scaled_dot_product_attention` (fused kernels); `need_weights=True` takes an eager path that
-    also returns the attention probabilities, for visualising where a query looks.
+    Runs through `scaled_dot_product_attention` (fused kernels, `attn_implementation="sdpa"`, the default);
+    `need_weights=True` takes the eager path (`attn_implementation="eager"`), which also returns the attention
+    probabilities, for visualising where a query looks.
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
@@ -329,11 +347,20 @@ class DeTRLiteFeedForward(nn.Module):
         return self.linear2(self.activation_dropout(self.activation(self.linear1(x))))
 
 
-class DeTRLiteEncoderLayer(nn.Module):
-    """Self-attention over image tokens (q = k = x + pos, v = x), then a feed-forward block."""
+def _eager_attention(config: DeTRLiteConfig, output_attentions: bool) -> bool:
+    """Whether attention runs the eager path: to return its weights, or because the config asks for it."""
+    return output_attentions or config._attn_implementation == "eager"
+
+
+class DeTRLiteEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention over image tokens (q = k = x + pos, v = x), then a feed-forward block.
+
+    Tensors are passed positionally, so gradient checkpointing (`GradientCheckpointingLayer`) recomputes them.
+    """
 
     def __init__(self, config: DeTRLiteConfig):
         super().__init__()
+        self.config = config
         d_model = config.d_model
         self.self_attn = DeTRLiteAttention(d_model, config.encoder_attention_heads, config.attention_dropout)
         self.ffn = DeTRLiteFeedForward(d_model, config.encoder_ffn_dim, config)
@@ -342,21 +369,26 @@ class DeTRLiteEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.pre_norm = config.pre_norm
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """x, pos (B, HW, D); padding_mask (B, HW) True on padding."""
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x, pos (B, HW, D); padding_mask (B, HW) True on padding. Returns x and, eager, the weights."""
+        eager = _eager_attention(self.config, output_attentions)
         if self.pre_norm:
             h = self.norm1(x)
-            x = x + self.dropout(self.self_attn(h + pos, h + pos, h, padding_mask)[0])
-            return x + self.dropout(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout(self.self_attn(x + pos, x + pos, x, padding_mask)[0]))
-        return self.norm2(x + self.dropout(self.ffn(x)))
+            attended, weights = self.self_attn(h + pos, h + pos, h, padding_mask, eager)
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.ffn(self.norm2(x))), weights
+        attended, weights = self.self_attn(x + pos, x + pos, x, padding_mask, eager)
+        x = self.norm1(x + self.dropout(attended))
+        return self.norm2(x + self.dropout(self.ffn(x))), weights
 
 
-class DeTRLiteDecoderLayer(nn.Module):
+class DeTRLiteDecoderLayer(GradientCheckpointingLayer):
     """Self-attention among object queries, cross-attention into the image memory, then feed-forward."""
 
     def __init__(self, config: DeTRLiteConfig):
         super().__init__()
+        self.config = config
         d_model, heads = config.d_model, config.decoder_attention_heads
         self.self_attn = DeTRLiteAttention(d_model, heads, config.attention_dropout)
         self.cross_attn = DeTRLiteAttention(d_model, heads, config.attention_dropout)
@@ -374,20 +406,24 @@ class DeTRLiteDecoderLayer(nn.Module):
         pos: torch.Tensor,
         query_pos: torch.Tensor,
         padding_mask: torch.Tensor | None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """tgt, query_pos (B, Q, D); memory, pos (B, HW, D). Returns (B, Q, D) and the cross-attention weights."""
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """tgt, query_pos (B, Q, D); memory, pos (B, HW, D). Returns (B, Q, D) and, eager, the self- and
+        cross-attention weights."""
+        eager = _eager_attention(self.config, output_attentions)
         if self.pre_norm:
             h = self.norm1(tgt)
-            tgt = tgt + self.dropout(self.self_attn(h + query_pos, h + query_pos, h)[0])
-            h = self.norm2(tgt)
-            attended, weights = self.cross_attn(h + query_pos, memory + pos, memory, padding_mask, need_weights)
+            attended, self_weights = self.self_attn(h + query_pos, h + query_pos, h, None, eager)
             tgt = tgt + self.dropout(attended)
-            return tgt + self.dropout(self.ffn(self.norm3(tgt))), weights
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0]))
-        attended, weights = self.cross_attn(tgt + query_pos, memory + pos, memory, padding_mask, need_weights)
+            h = self.norm2(tgt)
+            attended, cross_weights = self.cross_attn(h + query_pos, memory + pos, memory, padding_mask, eager)
+            tgt = tgt + self.dropout(attended)
+            return tgt + self.dropout(self.ffn(self.norm3(tgt))), self_weights, cross_weights
+        attended, self_weights = self.self_attn(tgt + query_pos, tgt + query_pos, tgt, None, eager)
+        tgt = self.norm1(tgt + self.dropout(attended))
+        attended, cross_weights = self.cross_attn(tgt + query_pos, memory + pos, memory, padding_mask, eager)
         tgt = self.norm2(tgt + self.dropout(attended))
-        return self.norm3(tgt + self.dropout(self.ffn(tgt))), weights
+        return self.norm3(tgt + self.dropout(self.ffn(tgt))), self_weights, cross_weights
 
 
 class DeTRLiteEncoder(nn.Module):
@@ -397,10 +433,18 @@ class DeTRLiteEncoder(nn.Module):
         # Pre-norm stacks leave the residual stream un-normalised: close them with a LayerNorm.
         self.norm = nn.LayerNorm(config.d_model) if config.pre_norm else None
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor | None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> tuple:
+        """x, pos (B, HW, D). Returns the memory (B, HW, D), the hidden states (input, then every layer's output)
+        and the self-attention weights per layer; each tuple only when asked for, else None."""
+        hidden_states, attentions = [x], []
         for layer in self.layers:
-            x = layer(x, pos, padding_mask)
-        return x if self.norm is None else self.norm(x)
+            x, weights = layer(x, pos, padding_mask, output_attentions)
+            hidden_states.append(x)
+            attentions.append(weights)
+        memory = x if self.norm is None else self.norm(x)
+        return (memory, tuple(hidden_states) if output_hidden_states else None,
+                tuple(attentions) if output_attentions else None)
 
 
 class DeTRLiteDecoder(nn.Module):
@@ -417,20 +461,24 @@ class DeTRLiteDecoder(nn.Module):
         padding_mask: torch.Tensor | None,
         need_weights: bool = False,
         tgt: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Returns every layer's normalised output (L, B, Q, D) and the cross-attention weights per layer.
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Returns every layer's normalised output (L, B, Q, D) and, with `need_weights`, the cross- and the
+        self-attention weights per layer (else None).
 
         `tgt` (B, Q, D) is the queries' initial content; None starts them empty as in DETR, where a learned
         query's identity lives in `query_pos` alone.
         """
         if tgt is None:
             tgt = torch.zeros_like(query_pos)
-        outputs, attentions = [], []
+        outputs, cross_attentions, self_attentions = [], [], []
         for layer in self.layers:
-            tgt, weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
+            tgt, self_weights, cross_weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
             outputs.append(self.norm(tgt))  # the un-normalised stream flows on, as in DETR
-            attentions.append(weights)
-        return torch.stack(outputs), (tuple(attentions) if need_weights else None)
+            cross_attentions.append(cross_weights)
+            self_attentions.append(self_weights)
+        if not need_weights:
+            return torch.stack(outputs), None, None
+        return torch.stack(outputs), tuple(cross_attentions), tuple(self_attentions)
 
 
 class DeTRLiteMLP(nn.Module):
@@ -454,6 +502,8 @@ class DeTRLitePreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["DeTRLiteEncoderLayer", "DeTRLiteDecoderLayer"]
+    supports_gradient_checkpointing = True  # encoder and decoder layers (GradientCheckpointingLayer)
+    _supports_sdpa = True  # attn_implementation "sdpa" (the default, fused kernels) or "eager" (weights)
     _batch_norm_folded = False  # set by fold_batch_norm: the weights no longer have the saved layout
 
     @torch.no_grad()
@@ -531,15 +581,20 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> DeTRLiteModelOutput | tuple:
         """Args:
             pixel_values: (B, 3, H, W) normalised images.
             pixel_mask: (B, H, W), 1 on real pixels, 0 on padding; None means no padding.
-            output_attentions: also return the decoder cross-attention maps (slower eager attention).
+            output_attentions: also return every attention map (slower eager attention); None: the config's.
+            output_hidden_states: also return the encoder's and decoder's hidden states; None: the config's.
         """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}.")
         features = self.backbone(pixel_values)  # (B, C, h, w)
@@ -553,19 +608,25 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         pos = sine_position_embedding(feature_mask, self.config.d_model // 2).to(features.dtype)  # (B, HW, D)
         padding_mask = None if pixel_mask is None else ~feature_mask.flatten(1)  # (B, HW)
         src = self.input_projection(features).flatten(2).transpose(1, 2)  # (B, HW, D)
-        memory = self.encoder(src, pos, padding_mask)
+        memory, encoder_hidden_states, encoder_attentions = self.encoder(src, pos, padding_mask, output_attentions,
+                                                                         output_hidden_states)
         queries: Queries = self.queries(memory, pos, feature_mask)
-        hidden, cross_attentions = self.decoder(memory, pos, queries.position, padding_mask, output_attentions,
-                                                queries.content)
+        hidden, cross_attentions, decoder_attentions = self.decoder(memory, pos, queries.position, padding_mask,
+                                                                    output_attentions, queries.content)
+        decoder_input = torch.zeros_like(queries.position) if queries.content is None else queries.content
         one_to_many = None
         if queries.one_to_many is not None:  # training only: decoded apart, so neither group sees the other
             group = queries.one_to_many
-            group_hidden, _ = self.decoder(memory, pos, group.position, padding_mask, False, group.content)
+            group_hidden, _, _ = self.decoder(memory, pos, group.position, padding_mask, False, group.content)
             one_to_many = (group_hidden, group.reference_boxes)
         output = DeTRLiteModelOutput(
             last_hidden_state=hidden[-1],
             intermediate_hidden_states=hidden,
             encoder_last_hidden_state=memory,
+            decoder_hidden_states=(decoder_input, *hidden) if output_hidden_states else None,
+            encoder_hidden_states=encoder_hidden_states,
+            decoder_attentions=decoder_attentions,
+            encoder_attentions=encoder_attentions,
             cross_attentions=cross_attentions,
             feature_mask=feature_mask,
             reference_boxes=queries.reference_boxes,
@@ -604,7 +665,8 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict] | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> DeTRLiteObjectDetectionOutput | tuple:
@@ -613,9 +675,11 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             pixel_mask: (B, H, W), 1 on real pixels, 0 on padding.
             labels: B dicts with `class_labels` (n,) and `boxes` (n, 4) as normalised (cx, cy, w, h);
                 the loss is computed only when given.
-            output_attentions: also return the decoder cross-attention maps.
+            output_attentions: also return every attention map (eager attention); None: the config's.
+            output_hidden_states: also return the encoder's and decoder's hidden states; None: the config's.
         """
-        outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions)
+        outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states)
         hidden = outputs.intermediate_hidden_states  # (L, B, Q, D)
         if labels is None and not self.config.box_refinement:
             hidden = hidden[-1:]  # inference needs the last layer only
@@ -647,6 +711,10 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            encoder_attentions=outputs.encoder_attentions,
             cross_attentions=outputs.cross_attentions,
             feature_mask=outputs.feature_mask,
             proposal_logits=outputs.proposal_logits,

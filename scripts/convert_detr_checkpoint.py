@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         args.source, args.checkpoint, num_heads=args.num_heads, dilation=args.dilation, backbone=args.backbone
     )
     model.save_pretrained(args.output_dir)
-    DeTRLiteImageProcessor(size=model.config.image_size).save_pretrained(args.output_dir)
+    DeTRLiteImageProcessor(size={"longest_edge": model.config.image_size}).save_pretrained(args.output_dir)
     print(f"Saved DeTR-Lite model ({model.config.num_labels} classes) to {args.output_dir}")
 
 

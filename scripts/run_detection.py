@@ -125,11 +125,16 @@ def training_arguments(args: argparse.Namespace, preset: Preset, command: str) -
     if {"max_train_steps", "num_train_epochs"} & set(given):
         recipe.pop("max_train_time", None)  # a length given on the command line beats the preset's time budget
     data = {DATA_SECTION[key]: value for key, value in preset.data.items()}
-    synthetic = args.data_dir is None and args.dataset_name is None
-    values = {"output_dir": "out/quickstart" if synthetic else "out", **data, **recipe, **given, "command": command}
+    values = {"output_dir": "out/quickstart" if uses_synthetic_data(args) else "out", **data, **recipe, **given,
+              "command": command}
     values["mixed_precision"] = resolve_mixed_precision(values.get("mixed_precision"),
                                                         args.mixed_precision is not None)
     return TrainingArguments(**values)
+
+
+def uses_synthetic_data(args: argparse.Namespace) -> bool:
+    """No dataset named: the built-in synthetic set and the quickstart preset."""
+    return args.data_dir is None and args.dataset_name is None
 
 
 def model_config(preset: Preset) -> DeTRLiteConfig:
@@ -143,9 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Parse the flags, resolve the preset, train; a failure exits with its message (and status)."""
     args = parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
-    synthetic = args.data_dir is None and args.dataset_name is None
     try:
-        preset = read_preset(args.config or (QUICKSTART if synthetic else R50))
+        preset = read_preset(args.config or (QUICKSTART if uses_synthetic_data(args) else R50))
         training_args = training_arguments(args, preset, command)
         config = None if args.model_name_or_path else model_config(preset)
         check_hub_access(args.push_to_hub, args.hub_model_id)

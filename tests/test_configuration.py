@@ -24,6 +24,10 @@ PRESETS = Path(__file__).resolve().parents[1] / "configuration"
         ({"image_size": 650}, "image_size"),
         ({"decoder_layers": 0}, "decoder_layers"),
         ({"encoder_layers": -1}, "encoder_layers"),
+        ({"box_refinement": "yes"}, "box_refinement"),
+        ({"pre_norm": 1}, "pre_norm"),
+        ({"init_xavier_std": 0}, "init_xavier_std"),
+        ({"backbone_weights_file": 3}, "backbone_weights_file"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(overrides, field):
@@ -81,3 +85,32 @@ def test_quickstart_preset_builds_a_valid_model_config():
     config = DeTRLiteConfig(**preset["model"])
     assert not config.use_pretrained_backbone and not config.freeze_batch_norm  # trains from scratch offline
     assert config.image_size % 32 == 0
+
+
+def test_every_field_is_declared_with_a_default_and_a_one_line_comment():
+    """Each field of the class body carries its why; box_refinement (read by the model and the card) is one."""
+    import dataclasses
+    import inspect
+
+    from detr_lite import configuration_detr_lite
+
+    own = [f for f in dataclasses.fields(DeTRLiteConfig) if f.name in DeTRLiteConfig.__annotations__]
+    assert "box_refinement" in {f.name for f in own} and DeTRLiteConfig().box_refinement is False
+    source = inspect.getsource(configuration_detr_lite.DeTRLiteConfig).splitlines()
+    for field in own:
+        line = next(index for index, text in enumerate(source) if text.strip().startswith(f"{field.name}:"))
+        assert "#" in source[line] or source[line - 1].strip().startswith("#"), field.name
+
+
+def test_encoder_queries_without_box_refinement_run_forward():
+    """Regression: box_refinement was read by the model without being a declared field (AttributeError)."""
+    import torch
+    from conftest import tiny_config
+
+    from detr_lite import DeTRLiteForObjectDetection
+
+    config = tiny_config(query_source="encoder")
+    assert config.box_refinement is False
+    with torch.no_grad():
+        outputs = DeTRLiteForObjectDetection(config).eval()(torch.zeros(1, 3, 128, 128))
+    assert outputs.pred_boxes.shape == (1, 16, 4)

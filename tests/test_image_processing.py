@@ -1,5 +1,7 @@
 """Tests for detr_lite/image_processing_detr_lite.py: DeTRLiteImageProcessor."""
 
+import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,8 +234,8 @@ def test_unreadable_images_raise_value_error():
     processor = DeTRLiteImageProcessor(size=32)
     with pytest.raises(ValueError, match="shape"):
         processor(np.zeros((10, 10, 7), dtype=np.uint8))
-    with pytest.raises(ValueError, match="PIL images, numpy arrays or torch tensors"):
-        processor("street.jpg")
+    with pytest.raises(ValueError, match="PIL images, numpy arrays, torch tensors, file paths or URLs"):
+        processor(b"street.jpg")
 
 
 # ---------------------------------------------------------------- normalisation and config
@@ -269,12 +271,12 @@ def test_save_and_load_round_trip(tmp_path):
     reloaded = DeTRLiteImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == processor.to_dict()
     assert reloaded.label2id == {1: 0, 3: 1, 90: 2} and reloaded.resize_mode == "stretch"
-    assert reloaded.size == 320 and reloaded.resample == 3 and reloaded.image_mean == [0.5, 0.5, 0.5]
+    assert reloaded.size == {"height": 320, "width": 320} and reloaded.resample == 3 and reloaded.image_mean == [0.5, 0.5, 0.5]
     image, target = Image.fromarray(random_rgb(50, 30)), coco_target([[5, 5, 10, 10]], [90])
     before, after = processor(image, annotations=target), reloaded(image, annotations=target)
     assert torch.equal(before["pixel_values"], after["pixel_values"])
     assert after["labels"][0]["class_labels"].tolist() == [2]
-    assert DeTRLiteImageProcessor.from_pretrained(tmp_path, size=128).size == 128
+    assert DeTRLiteImageProcessor.from_pretrained(tmp_path, size=128).size == {"longest_edge": 128}
 
     named = DeTRLiteImageProcessor(label2id={"dog": 0, "cat": 1})
     named.save_pretrained(tmp_path / "named")
@@ -416,3 +418,68 @@ def test_object_detection_pipeline_uses_the_processor():
     assert model.seen == ((1, 3, 64, 64), (1, 64, 64))
     assert len(detections) == 1 and detections[0]["label"] == "dog"
     assert detections[0]["box"] == {"xmin": 50, "ymin": 25, "xmax": 150, "ymax": 75}
+
+
+# ---------------------------------------------------------------- transformers' settings
+
+
+def test_size_forms_letterbox_and_stretch_and_an_old_int_size_loads_as_letterbox(tmp_path):
+    image = Image.fromarray(random_rgb(100, 50))  # 100 wide, 50 high
+    letterbox = DeTRLiteImageProcessor(size={"longest_edge": 64})(image)
+    same = DeTRLiteImageProcessor(size={"max_height": 64, "max_width": 64}, do_pad=True)(image)
+    assert torch.equal(letterbox["pixel_values"], same["pixel_values"])
+    assert letterbox["pixel_mask"][0].sum(0).amax() == 32 and letterbox["pixel_mask"][0].sum(1).amax() == 64
+    stretch = DeTRLiteImageProcessor(size={"height": 64, "width": 64})(image)
+    assert bool(stretch["pixel_mask"].all())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "DeTRLiteImageProcessor", "size": 64, "resize_mode": "letterbox"}))
+    old = DeTRLiteImageProcessor.from_pretrained(tmp_path)
+    assert old.size == {"longest_edge": 64} and torch.equal(old(image)["pixel_values"], letterbox["pixel_values"])
+
+
+def test_saved_config_uses_transformers_key_names(tmp_path):
+    DeTRLiteImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 64, "width": 64} and "resize_mode" not in saved
+    for key in ("do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std", "do_pad",
+                "pad_size", "resample"):
+        assert key in saved, key
+    assert saved["rescale_factor"] == pytest.approx(1 / 255)
+
+
+@pytest.mark.parametrize("where", ["construction", "call"])
+def test_do_flags_at_construction_and_per_call(where):
+    image = random_rgb(40, 20)
+    flags = {"do_normalize": False, "do_rescale": False, "do_resize": False, "do_pad": False}
+    processor = DeTRLiteImageProcessor(size=32, **flags) if where == "construction" else DeTRLiteImageProcessor(size=32)
+    out = processor(image) if where == "construction" else processor(image, **flags)
+    assert out["pixel_values"].shape == (1, 3, 20, 40)  # neither resized nor padded
+    assert torch.equal(out["pixel_values"][0], torch.from_numpy(image).permute(2, 0, 1).float())  # 0..255, raw
+
+
+def test_do_pad_pads_to_pad_size_and_images_that_do_not_fit_are_refused():
+    processor = DeTRLiteImageProcessor(size=32, pad_size={"height": 48, "width": 64})
+    out = processor(random_rgb(40, 20))
+    assert out["pixel_values"].shape == (1, 3, 48, 64) and out["pixel_mask"].sum() == 16 * 32
+    with pytest.raises(ValueError, match="do not fit"):
+        processor(random_rgb(80, 20), do_resize=False)
+    with pytest.raises(ValueError, match="do_pad=True"):
+        processor([random_rgb(40, 20), random_rgb(20, 40)], do_pad=False)
+
+
+def test_unknown_per_call_setting_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="do_normalise"):
+        DeTRLiteImageProcessor(size=32)(random_rgb(8, 8), do_normalise=False)
+
+
+def test_file_paths_are_read_and_a_missing_file_or_url_is_named(tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(random_rgb(30, 20)).save(path)
+    processor = DeTRLiteImageProcessor(size=32)
+    from_path = processor(str(path))["pixel_values"]
+    assert torch.equal(from_path, processor(Image.open(path))["pixel_values"])
+    assert torch.equal(processor(path)["pixel_values"], from_path)  # a pathlib.Path too
+    with pytest.raises(ValueError, match="missing.png"):
+        processor(str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match=re.escape("http://127.0.0.1:9/x.jpg")):
+        processor("http://127.0.0.1:9/x.jpg")

@@ -339,3 +339,63 @@ def test_predictions_do_not_depend_on_the_rest_of_the_batch(tiny_model):
         alone = tiny_model(pixel_values[2:], pixel_mask[2:])
     torch.testing.assert_close(together.logits[2:], alone.logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(together.pred_boxes[2:], alone.pred_boxes, atol=1e-5, rtol=1e-4)
+
+
+def test_hidden_states_and_attentions_use_detr_names_and_shapes(tiny_model):
+    pixel_values, pixel_mask = padded_batch()
+    config = tiny_model.config
+    with torch.no_grad():
+        out = tiny_model(pixel_values, pixel_mask, output_hidden_states=True, output_attentions=True)
+    tokens, queries = (128 // 32) ** 2, config.num_queries
+    assert len(out.encoder_hidden_states) == config.encoder_layers + 1
+    assert all(h.shape == (2, tokens, config.d_model) for h in out.encoder_hidden_states)
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+    assert len(out.decoder_hidden_states) == config.decoder_layers + 1
+    torch.testing.assert_close(out.decoder_hidden_states[-1], out.last_hidden_state)
+    assert [a.shape for a in out.encoder_attentions] == [(2, 4, tokens, tokens)] * config.encoder_layers
+    assert [a.shape for a in out.decoder_attentions] == [(2, 4, queries, queries)] * config.decoder_layers
+    assert [a.shape for a in out.cross_attentions] == [(2, 4, queries, tokens)] * config.decoder_layers
+    torch.testing.assert_close(out.decoder_attentions[0].sum(-1), torch.ones(2, 4, queries))
+    with torch.no_grad():
+        plain = tiny_model(pixel_values, pixel_mask)
+    assert plain.encoder_hidden_states is None and plain.decoder_attentions is None
+    tiny_model.config.output_hidden_states = True  # the config's default is honoured too
+    with torch.no_grad():
+        assert len(tiny_model(pixel_values, pixel_mask).decoder_hidden_states) == config.decoder_layers + 1
+
+
+def test_eager_and_sdpa_attn_implementations_agree(tmp_path):
+    torch.manual_seed(0)
+    DeTRLiteForObjectDetection(tiny_config()).save_pretrained(tmp_path)
+    models = {name: DeTRLiteForObjectDetection.from_pretrained(tmp_path, attn_implementation=name).eval()
+              for name in ("eager", "sdpa")}
+    assert {name: model.config._attn_implementation for name, model in models.items()} == {
+        "eager": "eager", "sdpa": "sdpa"}
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        eager, sdpa = (models[name](pixel_values, pixel_mask) for name in ("eager", "sdpa"))
+    torch.testing.assert_close(eager.logits, sdpa.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager.pred_boxes, sdpa.pred_boxes, atol=1e-5, rtol=1e-5)
+    assert DeTRLiteForObjectDetection(tiny_config()).config._attn_implementation == "sdpa"  # the default
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(dropout=0.0)).train()
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels(2, generator=torch.Generator().manual_seed(0))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(pixel_values, pixel_mask, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    reference = gradients()
+    model.gradient_checkpointing_enable()  # transformers 5 also names it activation_checkpointing_enable
+    assert model.is_activation_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.model.encoder.layers)
+    assert all(layer.gradient_checkpointing for layer in model.model.decoder.layers)
+    checkpointed = gradients()
+    assert checkpointed.keys() == reference.keys()
+    for name, gradient in reference.items():
+        torch.testing.assert_close(checkpointed[name], gradient, atol=1e-6, rtol=1e-5, msg=name)

@@ -74,9 +74,10 @@ class Trainer:
         model = build_model(args, config, self.train_set.id2label)
         if self.accelerator.is_main_process:
             check_disk_space(self.output_dir, model, with_ema=bool(args.ema_decay))
-        self.processor = DeTRLiteImageProcessor(size=model.config.image_size)
+        self.processor = DeTRLiteImageProcessor(size={"longest_edge": model.config.image_size})
         self._prepare(model)
         self.state, self.metrics, self.streak, self.step_skipped = TrainingState(), {}, 0, False
+        self.evaluated = False  # in this process's run (a run resumed when finished has not evaluated yet)
 
     def _prepare(self, model: DeTRLiteForObjectDetection) -> None:
         """Data loader, optimizer, scheduler and EMA, wrapped by Accelerate."""
@@ -273,7 +274,7 @@ class Trainer:
         began = time.monotonic()
         self.metrics = evaluate(accelerator, eval_model, self.processor, self.val_set, self.args, self.bad_images)
         state.eval_time += time.monotonic() - began
-        state.last_eval_step = state.step
+        state.last_eval_step, self.evaluated = state.step, True
         if accelerator.is_main_process:
             state.train_time = time.monotonic() - self.start
             state.learning_curve.append({"step": state.step, "AP": self.metrics["AP"], "AP50": self.metrics["AP50"],
@@ -315,7 +316,7 @@ class Trainer:
     def _finish(self) -> dict:
         """The last evaluation and checkpoint if due, `all_results.json`, the sample prediction, the upload."""
         state = self.state
-        if state.last_eval_step != state.step or not state.learning_curve:
+        if state.last_eval_step != state.step or not self.evaluated:
             self._evaluate()
         if state.last_checkpoint_step != state.step and not self.streak:
             self._checkpoint()

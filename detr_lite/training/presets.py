@@ -1,5 +1,5 @@
 """Presets: JSON files with a "model" section (`DeTRLiteConfig` fields), a "training" section (the recipe,
-`TrainingArguments.RECIPE_FIELDS`) and, for the synthetic set, a "data" section.
+`arguments.RECIPE_FIELDS`) and, for the synthetic set, a "data" section.
 
 A config keeps unknown keys (as transformers' configs do), so a misspelt key is caught here, naming the closest
 valid one.
