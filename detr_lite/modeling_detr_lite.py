@@ -262,11 +262,17 @@ def mask_if_padded(pixel_mask: torch.Tensor | None) -> torch.Tensor | None:
     """`pixel_mask`, or None when it is on the host and marks no padding, so that attention skips masking.
 
     A mask on an accelerator is kept as it is: checking it would cost a device synchronisation, more than the
-    masking saves. Move masks to the device after this check (as `predict_dataset` does).
+    masking saves. Move masks to the device after this check (as `predict_dataset` does). While the model is
+    traced or exported the mask is kept too: a graph must not depend on the values of one example input.
     """
-    if pixel_mask is None or pixel_mask.device.type != "cpu" or not bool(pixel_mask.all()):
+    if pixel_mask is None or pixel_mask.device.type != "cpu" or _is_tracing() or not bool(pixel_mask.all()):
         return pixel_mask
     return None
+
+
+def _is_tracing() -> bool:
+    """True inside torch.jit.trace / the TorchScript ONNX exporter, torch.export, or torch.compile."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _attention_kernels(q: torch.Tensor):
