@@ -97,3 +97,17 @@ def _load_image(image: Image.Image | str | Path) -> Image.Image:
         return image
     with Image.open(image) as opened:
         return ImageOps.exif_transpose(opened).convert("RGB")
+
+
+class ONNXModule(torch.nn.Module):
+    """An `ONNXDetector` called like the PyTorch model, `model(pixel_values=..., pixel_mask=...)`, for code
+    written for that model (e.g. `detr_lite.inference.predict_dataset`, with `device="cpu"`)."""
+
+    def __init__(self, detector: ONNXDetector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None, **kwargs) -> SimpleNamespace:
+        if pixel_mask is None:  # no padding
+            pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long)
+        return self.detector.forward(pixel_values, pixel_mask)
