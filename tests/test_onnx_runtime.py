@@ -65,3 +65,25 @@ def test_predict_needs_exactly_one_model_source(onnx_file, photo_dir, model_dir)
     assert result.returncode == 2 and "Pass exactly one of --model" in result.stderr
     result = run_script("predict.py", "--onnx", str(onnx_file), "--attention", str(photo_dir), check=False)
     assert result.returncode == 2 and "--attention needs the PyTorch model" in result.stderr
+
+
+def test_evaluate_with_onnx_scores_what_the_pytorch_model_scores(tmp_path):
+    from conftest import tiny_config
+    from detr_lite import DeTRLiteForObjectDetection, DeTRLiteImageProcessor
+    from detr_lite.data import load_detection_dataset
+    from detr_lite.data.synthetic import make_synthetic_dataset
+
+    data_dir = make_synthetic_dataset(tmp_path / "synthetic", num_train=1, num_val=4, seed=5)
+    id2label = load_detection_dataset(data_dir, "val").id2label
+    torch.manual_seed(0)
+    model = DeTRLiteForObjectDetection(tiny_config(id2label=dict(enumerate(id2label.values()))))
+    model.save_pretrained(tmp_path / "model")
+    DeTRLiteImageProcessor(size=128).save_pretrained(tmp_path / "model")
+    run_script("export_onnx.py", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "model.onnx"))
+    common = ["--data_dir", str(data_dir), "--split", "val", "--device", "cpu"]
+    run_script("evaluate.py", "--model", str(tmp_path / "model"), *common, "--output", str(tmp_path / "torch.json"))
+    run_script("evaluate.py", "--onnx", str(tmp_path / "model.onnx"), *common, "--output", str(tmp_path / "onnx.json"))
+    expected = json.loads((tmp_path / "torch.json").read_text())
+    actual = json.loads((tmp_path / "onnx.json").read_text())
+    for key in ("AP", "AP50", "AR100"):
+        assert actual[key] == pytest.approx(expected[key], abs=1e-3), key
