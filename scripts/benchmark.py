@@ -3,6 +3,7 @@
     python scripts/benchmark.py --batch_size 4 --repeats 5 --output benchmark.json           # R50 at 640, CPU
     python scripts/benchmark.py --device cuda --dtype bf16 --compile --output benchmark.json  # + TFLOP/s and MFU
     python scripts/benchmark.py --tiny --repeats 2 --warmup 1                                # seconds, for tests
+    python scripts/benchmark.py --onnx --user_path --batch_size 4 --threads 2                # + ONNX Runtime, user path
 
 A random transformers DETR (timm backbone) is converted with `detr_lite.conversion`; the two models
 must give the same outputs (max abs diff <= 1e-3) before anything is timed. Repetitions of the two
@@ -10,6 +11,11 @@ models are interleaved (A B A B ...) after warm-up so that a load change on a sh
 figures are medians. Auxiliary decoding losses are off in both models, so both training steps compute
 the same loss (transformers' own loss for transformers, DeTR-Lite's for DeTR-Lite). Peak CPU memory
 is measured in a fresh subprocess per model and phase; on CUDA, `torch.cuda.max_memory_allocated`.
+
+--onnx adds ONNX Runtime rows (CPU): the same DeTR-Lite weights exported with `detr_lite.onnx_export`, fp32 and
+dynamic int8, timed interleaved with the PyTorch model (batch norms folded), with peak memory. --user_path adds
+the path a new user takes: both models saved, reloaded with `from_pretrained` and called as `model(**inputs)`
+(batch 1 inference, and a training step at batch 2 with auxiliary loss on in both).
 """
 
 import argparse
@@ -23,13 +29,15 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from transformers import DetrConfig, DetrForObjectDetection
+from transformers import AutoModelForObjectDetection, DetrConfig, DetrForObjectDetection
 
 from detr_lite import DeTRLiteForObjectDetection
 from detr_lite.box_ops import center_to_corners, generalized_box_iou
@@ -58,6 +66,9 @@ def parse_args() -> argparse.Namespace:
                         help="torch CPU threads (default: torch's); 1 avoids OpenMP stalls on a loaded machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows (fp32 and int8, CPU)")
+    parser.add_argument("--user_path", action="store_true", help="add the from_pretrained + model(**inputs) rows")
+    parser.add_argument("--onnx_file", default=None, help=argparse.SUPPRESS)  # internal, for memory children
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)  # "model:phase", internal
     args = parser.parse_args()
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
@@ -219,9 +230,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def memory_child(args: argparse.Namespace) -> None:
-    """In a fresh process: build one model, run one phase, print its peak RSS increase as JSON."""
-    name, phase = args.memory_child.split(":")
+def memory_step(name: str, phase: str, args: argparse.Namespace) -> Callable[[], None]:
+    """One model's step for one phase, built in this (fresh) process."""
+    if name.startswith("onnxruntime"):
+        return onnx_step(onnx_detector(Path(args.onnx_file), args), args.batch_size, args)
     if name == "transformers":
         model = build_transformers(args)
     else:  # built directly: a conversion would leave the transformers model in the peak before the phase
@@ -230,7 +242,12 @@ def memory_child(args: argparse.Namespace) -> None:
         if phase == "inference":
             inference_model(model)
     model = maybe_compile(model.train() if phase == "train" else model.eval(), args)
-    step = (training_step if phase == "train" else inference_step)(model, args.batch_size, args)
+    return (training_step if phase == "train" else inference_step)(model, args.batch_size, args)
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """In a fresh process: build one model, run one phase, print its peak RSS increase as JSON."""
+    step = memory_step(*args.memory_child.split(":"), args)
     gc.collect()
     reset = _reset_peak_rss()
     before = _vm_status("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -241,11 +258,12 @@ def memory_child(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_delta_mib": (peak - before) / 2**20, "method": method}))
 
 
-def cpu_peak_memory(phase: str, args: argparse.Namespace) -> dict[str, dict]:
+def cpu_peak_memory(phase: str, args: argparse.Namespace, models: tuple[str, ...] = MODELS,
+                    extra: tuple[str, ...] = ()) -> dict[str, dict]:
     """Peak RSS increase (MiB) of each model for one phase, each in its own subprocess."""
     results = {}
-    for name in MODELS:
-        command = [sys.executable, os.path.abspath(__file__), *strip_output(sys.argv[1:]),
+    for name in models:
+        command = [sys.executable, os.path.abspath(__file__), *strip_output(sys.argv[1:]), *extra,
                    "--memory_child", f"{name}:{phase}"]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -334,11 +352,103 @@ def benchmark_matcher(args: argparse.Namespace) -> dict:
             "seconds": seconds}
 
 
+# ---------------------------------------------------------------- ONNX Runtime and the user path
+
+def export_for_benchmark(model: DeTRLiteForObjectDetection, folder: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """The model as fp32 and dynamic-int8 ONNX files (dynamic batch), in `folder`."""
+    from detr_lite.image_processing_detr_lite import DeTRLiteImageProcessor
+    from detr_lite.onnx_export import export_onnx, quantize_int8
+
+    fp32 = export_onnx(model, DeTRLiteImageProcessor(size=args.image_size), folder / "model.onnx")
+    return {"onnxruntime": fp32, "onnxruntime_int8": quantize_int8(fp32, folder / "model.int8.onnx")}
+
+
+def onnx_detector(path: Path, args: argparse.Namespace):
+    from detr_lite.onnx_runtime import ONNXDetector
+
+    return ONNXDetector(path, threads=args.threads or torch.get_num_threads())
+
+
+def onnx_step(detector, batch: int, args: argparse.Namespace) -> Callable[[], None]:
+    pixel_values, pixel_mask = make_images(batch, args.image_size, "cpu")
+    return lambda: detector.forward(pixel_values, pixel_mask)
+
+
+def benchmark_onnx(lite: DeTRLiteForObjectDetection, args: argparse.Namespace, metrics: dict) -> dict:
+    """ONNX Runtime fp32 and int8 against the folded PyTorch model: parity, images/s and peak memory."""
+    folded = inference_model(copy.deepcopy(lite))
+    with tempfile.TemporaryDirectory() as folder:
+        files = export_for_benchmark(lite, Path(folder), args)
+        detectors = {name: onnx_detector(path, args) for name, path in files.items()}
+        pixel_values, pixel_mask = make_images(2, args.image_size, "cpu")
+        pixel_mask[1, args.image_size // 2:] = 0
+        with torch.inference_mode():
+            expected = folded(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        check = {}
+        for name, detector in detectors.items():
+            actual = detector.forward(pixel_values, pixel_mask)
+            check[name] = {"max_abs_diff_logits": (actual.logits - expected.logits).abs().max().item(),
+                           "max_abs_diff_boxes": (actual.pred_boxes - expected.pred_boxes).abs().max().item()}
+        for batch in sorted({1, args.batch_size}):
+            steps = {"pytorch": inference_step(folded, batch, args)}
+            steps.update({name: onnx_step(detector, batch, args) for name, detector in detectors.items()})
+            seconds = interleaved_medians(steps, args)
+            for name in detectors:
+                metrics[f"{name}_inference_bs{batch}_throughput"] = named_metric(
+                    {name: batch / seconds[name], "pytorch": batch / seconds["pytorch"]}, "images/s", True)
+        memory = cpu_peak_memory("inference", args, ("detr_lite", "onnxruntime"),
+                                 ("--onnx_file", str(files["onnxruntime"])))
+        int8_memory = cpu_peak_memory("inference", args, ("onnxruntime_int8",),
+                                      ("--onnx_file", str(files["onnxruntime_int8"])))
+    for name in detectors:
+        value = (int8_memory if name.endswith("int8") else memory)[name]["peak_delta_mib"]
+        metrics[f"{name}_inference_bs{args.batch_size}_peak_rss_delta"] = named_metric(
+            {name: value, "pytorch": memory["detr_lite"]["peak_delta_mib"]}, "MiB", False)
+    return check
+
+
+def reloaded(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """`model` saved and loaded back as a user loads it."""
+    model.save_pretrained(folder)
+    return AutoModelForObjectDetection.from_pretrained(folder)
+
+
+def benchmark_user_path(args: argparse.Namespace, metrics: dict) -> None:
+    """from_pretrained + model(**inputs): batch 1 inference and a batch 2 training step, auxiliary loss on."""
+    reference = build_transformers(args)
+    reference.config.auxiliary_loss = True
+    lite = DeTRLiteForObjectDetection(config_from_hf(reference.config.to_dict()))  # auxiliary loss on by default
+    lite.load_state_dict(convert_hf_state_dict(reference.state_dict()))
+    with tempfile.TemporaryDirectory() as folder:
+        models = {"detr_lite": reloaded(lite, Path(folder) / "lite").eval(),
+                  "transformers": reloaded(reference, Path(folder) / "transformers").eval()}
+    seconds = interleaved_medians({name: user_inference_step(model, args) for name, model in models.items()}, args)
+    metrics["user_path_inference_bs1_throughput"] = throughput(seconds, 1)
+    steps = {name: training_step(model.train(), 2, args) for name, model in models.items()}
+    metrics["user_path_train_bs2_aux_throughput"] = throughput(interleaved_medians(steps, args), 2)
+
+
+def user_inference_step(model, args: argparse.Namespace) -> Callable[[], None]:
+    pixel_values, pixel_mask = make_images(1, args.image_size, args.device)
+    inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+    def step() -> None:
+        with torch.no_grad():
+            model(**inputs)
+    return step
+
+
 # ---------------------------------------------------------------- report
 
 def metric(lite: float, reference: float, unit: str, higher_is_better: bool) -> dict:
     """Both figures and DeTR-Lite / reference."""
-    return {"detr_lite": lite, "transformers": reference, "ratio": lite / reference, "unit": unit,
+    return named_metric({"detr_lite": lite, "transformers": reference}, unit, higher_is_better)
+
+
+def named_metric(values: dict[str, float], unit: str, higher_is_better: bool) -> dict:
+    """Two named figures (the measured one first, then its reference) and their ratio."""
+    (name, value), (reference_name, reference) = values.items()
+    return {name: value, reference_name: reference, "ratio": value / reference, "unit": unit,
             "higher_is_better": higher_is_better}
 
 
@@ -355,9 +465,11 @@ def machine(args: argparse.Namespace) -> dict:
 
 
 def print_table(metrics: dict[str, dict]) -> None:
-    rows = [("metric", "DeTR-Lite", "transformers", "ratio")]
-    rows += [(f"{name} [{m['unit']}]", f"{m['detr_lite']:.4g}", f"{m['transformers']:.4g}", f"{m['ratio']:.3f}")
-             for name, m in metrics.items()]
+    rows = [("metric", "measured", "reference", "ratio")]
+    for name, m in metrics.items():
+        (_, value), (reference_name, reference) = list(m.items())[:2]
+        rows.append((f"{name} [{m['unit']}]", f"{value:.4g}", f"{reference:.4g} ({reference_name})",
+                     f"{m['ratio']:.3f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for index, row in enumerate(rows):
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
@@ -409,6 +521,9 @@ def main() -> int:
             memory = cpu_peak_memory(phase, args)
             metrics[f"{phase}_bs{args.batch_size}_peak_rss_delta"] = metric(
                 memory["detr_lite"]["peak_delta_mib"], memory["transformers"]["peak_delta_mib"], "MiB", False)
+    onnx_parity = benchmark_onnx(lite, args, metrics) if args.onnx else None
+    if args.user_path:
+        benchmark_user_path(args, metrics)
     matcher = benchmark_matcher(args)
     metrics["matcher_vs_scipy_loop"] = metric(1 / matcher["seconds"]["detr_lite"],
                                               1 / matcher["seconds"]["reference_loop"], "calls/s", True)
@@ -425,7 +540,8 @@ def main() -> int:
     for note in notes:
         print("note:", note)
     report = {"command": " ".join([sys.executable, *sys.argv]), "machine": machine(args),
-              "settings": {k: v for k, v in vars(args).items() if k != "memory_child"}, "parity": check,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("memory_child", "onnx_file")},
+              "parity": check, "onnx_parity": onnx_parity,
               "metrics": metrics, "matcher": matcher, "notes": notes}
     if args.output:
         with open(args.output, "w") as file:

@@ -2,6 +2,7 @@
 
     python scripts/evaluate.py --model out/best --data_dir data/coco --split val2017 --output metrics.json
     python scripts/evaluate.py --predictions results.json --data_dir data/coco --split val2017
+    python scripts/evaluate.py --onnx model.int8.onnx --data_dir data/coco --split val2017   # ONNX Runtime, CPU
 """
 
 import argparse
@@ -33,17 +34,32 @@ def model_predictions(model_dir: str, dataset, batch_size: int, device: str) -> 
 
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"--model {model_dir}: not a saved model folder (no config.json).")
-    model = AutoModelForObjectDetection.from_pretrained(model_dir).to(device)
-    model.eval().fold_batch_norm()  # inference only: the same outputs, a faster backbone
+    model = AutoModelForObjectDetection.from_pretrained(model_dir).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
-    model_labels = {name: index for index, name in model.config.id2label.items()}
+    match_classes(f"--model {model_dir}", model.config.id2label, dataset)
+    return predict_dataset(model, processor, dataset, batch_size=batch_size, device=device)
+
+
+def onnx_predictions(path: str, dataset, batch_size: int) -> list[dict]:
+    from detr_lite.onnx_runtime import ONNXDetector, ONNXModule
+
+    try:
+        detector = ONNXDetector(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--onnx {path}: {error}") from error
+    match_classes(f"--onnx {path}", detector.id2label, dataset)
+    return predict_dataset(ONNXModule(detector), detector.image_processor, dataset, batch_size=batch_size,
+                           device="cpu")
+
+
+def match_classes(source: str, id2label: dict[int, str], dataset) -> None:
+    """Maps the model's labels to the dataset's category ids by class name (the two may number classes differently)."""
+    model_labels = {name: index for index, name in id2label.items()}
     if set(model_labels) != set(dataset.id2label.values()):
-        raise SystemExit(f"--model {model_dir} predicts classes {sorted(model_labels)} but the dataset has "
+        raise SystemExit(f"{source} predicts classes {sorted(model_labels)} but the dataset has "
                          f"{sorted(dataset.id2label.values())}: evaluate on data with the model's classes.")
-    # Model label -> dataset category id, by class name (the two may number classes differently).
     by_name = {name: dataset.label_to_category_id[label] for label, name in dataset.id2label.items()}
     dataset.label_to_category_id = {model_labels[name]: category for name, category in by_name.items()}
-    return predict_dataset(model, processor, dataset, batch_size=batch_size, device=device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved DeTR-Lite model folder")
     source.add_argument("--predictions", type=Path, help="a COCO results JSON made elsewhere")
+    source.add_argument("--onnx", help="a file written by scripts/export_onnx.py (run with ONNX Runtime on the CPU)")
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--split", required=True)
     parser.add_argument("--output", type=Path, help="write the metrics as JSON here")
@@ -63,12 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(str(error)) from error
     if args.predictions:
         predictions = load_predictions(args.predictions)
+    elif args.onnx:
+        predictions = onnx_predictions(args.onnx, dataset, args.batch_size)
     else:
         predictions = model_predictions(args.model, dataset, args.batch_size, args.device)
     try:
         metrics = score_predictions(dataset, predictions, args.data_dir)
     except ValueError as error:
-        raise SystemExit(f"{args.predictions or args.model}: {error}") from error
+        raise SystemExit(f"{args.predictions or args.onnx or args.model}: {error}") from error
     print(format_metrics_table(metrics))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

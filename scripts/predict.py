@@ -2,6 +2,7 @@
 
     python scripts/predict.py --model out/best street.jpg photos/ --output_dir predictions
     python scripts/predict.py --model out/best photos/ --attention    # + decoder attention of the top detections
+    python scripts/predict.py --onnx model.onnx photos/               # ONNX Runtime (scripts/export_onnx.py)
 
 Folders are searched recursively for .jpg/.jpeg/.png/.bmp/.webp files. Unreadable images are skipped
 with a warning. Outputs: `detections.json` ({image path: [{label, label_id, score, box [x0, y0, x1, y1]
@@ -43,7 +44,11 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"--threshold must be in [0, 1), got {args.threshold}.")
         if args.batch_size < 1 or args.attention_top_k < 1:
             raise ValueError("--batch_size and --attention_top_k must be at least 1.")
-        model, processor = load_model(args.model, device)
+        if (args.model is None) == (args.onnx is None):
+            raise ValueError("Pass exactly one of --model (a saved folder) and --onnx (an exported file).")
+        if args.onnx and args.attention:
+            raise ValueError("--attention needs the PyTorch model (--model): an ONNX file has no attention maps.")
+        model, processor = load_onnx(args.onnx) if args.onnx else load_model(args.model, device)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     output_dir = Path(args.output_dir)
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder written by save_pretrained (with its processor)")
+    parser.add_argument("--model", help="model folder written by save_pretrained (with its processor)")
+    parser.add_argument("--onnx", help="instead of --model: a file written by scripts/export_onnx.py")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this")
     parser.add_argument("--output_dir", default="predictions")
@@ -122,6 +128,14 @@ def load_model(folder: str, device: torch.device) -> tuple[Any, Any]:
     return model.to(device), processor
 
 
+def load_onnx(path: str) -> tuple[Any, Any]:
+    """An ONNX Runtime detector and the image processor stored in its file."""
+    from detr_lite.onnx_runtime import ONNXDetector
+
+    detector = ONNXDetector(path)
+    return detector, detector.image_processor
+
+
 def predict(
     model: Any,
     processor: Any,
@@ -171,11 +185,15 @@ def predict_batch(
 ) -> dict[str, list[dict]]:
     """Detections of one batch, keyed by image path; writes its annotated (and attention) images."""
     images = [image for _, image in batch]
-    inputs = processor(images, return_tensors="pt").to(model.device)
-    outputs = model(**inputs, output_attentions=attention_top_k > 0)
+    inputs = processor(images, return_tensors="pt")
+    if isinstance(model, torch.nn.Module):
+        outputs = model(**inputs.to(model.device), output_attentions=attention_top_k > 0)
+        id2label = model.config.id2label
+    else:  # an ONNXDetector
+        outputs = model.forward(inputs["pixel_values"], inputs["pixel_mask"])
+        id2label = model.id2label
     sizes = [(image.height, image.width) for image in images]
     results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
-    id2label = model.config.id2label
     detections = {}
     for index, ((job, image), result) in enumerate(zip(batch, results)):
         result = _to_cpu(result)

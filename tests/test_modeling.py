@@ -189,6 +189,82 @@ def test_fold_batch_norm_leaves_training_norms_and_refuses_to_save(tmp_path):
     assert not (tmp_path / "folded").exists()
 
 
+def plain_backbone(model: DeTRLiteForObjectDetection) -> torch.nn.Module:
+    """The same timm backbone with the same weights, its batch norms run as separate modules."""
+    config = model.config
+    body = timm.create_model(config.backbone, pretrained=False, features_only=True,
+                             out_indices=(config.backbone_feature_index,))
+    if config.freeze_batch_norm:
+        body = timm.layers.freeze_batch_norm_2d(body)
+    body.load_state_dict(model.model.backbone.body.state_dict())  # strict: the same keys
+    return body.train(model.training)
+
+
+@pytest.mark.parametrize("freeze_batch_norm", [True, False])
+def test_batch_norms_run_inside_the_convolutions_with_the_same_outputs(freeze_batch_norm):
+    model = DeTRLiteForObjectDetection(tiny_config(freeze_batch_norm=freeze_batch_norm)).eval()
+    randomise_batch_norm_statistics(model)
+    assert len(model.model.backbone._conv_norm_pairs) == 20
+    pixel_values, _ = padded_batch()
+    reference = plain_backbone(model)
+    with torch.no_grad():
+        features, expected = model.model.backbone(pixel_values), reference(pixel_values)[-1]
+    # Scaling the weights instead of the activations reorders float32 rounding through 20 layers.
+    torch.testing.assert_close(features, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
+
+
+def test_training_through_the_norms_in_the_convolutions_gives_the_reference_gradients():
+    model = DeTRLiteForObjectDetection(tiny_config(trainable_backbone_layers=5)).train()
+    randomise_batch_norm_statistics(model)
+    reference = plain_backbone(model)
+    pixel_values, _ = padded_batch()
+    model.model.backbone(pixel_values).square().mean().backward()
+    reference(pixel_values)[-1].square().mean().backward()
+    ours = dict(model.model.backbone.body.named_parameters())
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(ours[name].grad, parameter.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_trainable_norms_in_training_mode_update_their_statistics():
+    model = DeTRLiteForObjectDetection(tiny_config(freeze_batch_norm=False)).train()
+    reference = plain_backbone(model)
+    pixel_values, _ = padded_batch()
+    model.model.backbone(pixel_values)
+    reference(pixel_values)
+    torch.testing.assert_close(model.model.backbone.body.state_dict(), reference.state_dict())
+
+
+def test_saving_the_default_model_is_exact(tmp_path):
+    model = DeTRLiteForObjectDetection(tiny_config()).eval()
+    randomise_batch_norm_statistics(model)
+    model.save_pretrained(tmp_path)
+    loaded = DeTRLiteForObjectDetection.from_pretrained(tmp_path).eval()
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values, pixel_mask).logits, model(pixel_values, pixel_mask).logits)
+
+
+def test_the_default_path_equals_the_folded_path():
+    model = DeTRLiteForObjectDetection(tiny_config()).eval()
+    randomise_batch_norm_statistics(model)
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        default = model(pixel_values, pixel_mask)
+        model.fold_batch_norm()
+        folded = model(pixel_values, pixel_mask)
+    torch.testing.assert_close(default.logits, folded.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(default.pred_boxes, folded.pred_boxes, atol=1e-5, rtol=0)
+
+
+def test_a_traced_model_keeps_the_mask_whatever_its_values():
+    pixel_mask = torch.ones(1, 8, 8, dtype=torch.long)
+    traced = torch.jit.trace(lambda mask: mask_if_padded(mask) * 2, (pixel_mask,), check_trace=False)
+    assert torch.equal(traced(torch.zeros_like(pixel_mask)), torch.zeros_like(pixel_mask))
+
+
 def test_a_mask_without_padding_is_dropped_and_gives_the_same_outputs(tiny_model):
     pixel_values, pixel_mask = padded_batch()
     assert mask_if_padded(pixel_mask) is pixel_mask
