@@ -105,7 +105,7 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            detector, example_inputs(image_processor.size, batch_size or 2), str(output), dynamo=False,
+            detector, example_inputs(image_processor.canvas_size, batch_size or 2), str(output), dynamo=False,
             opset_version=opset, input_names=INPUT_NAMES, output_names=output_names, dynamic_axes=dynamic_axes,
         )
     _write_metadata(output, model.config.id2label, image_processor)
