@@ -101,9 +101,9 @@ def test_the_script_writes_a_checked_file_with_the_metadata(model_dir, tmp_path)
     metadata = {prop.key: prop.value for prop in graph.metadata_props}
     assert json.loads(metadata["id2label"]) == {str(k): v for k, v in TINY_MODEL["id2label"].items()}
     settings = json.loads(metadata["image_processor"])
-    assert settings["size"] == 128 and settings["resize_mode"] == "letterbox" and len(settings["image_mean"]) == 3
+    assert settings["size"] == {"longest_edge": 128} and len(settings["image_mean"]) == 3  # the letterbox
     quantized = ONNXDetector(output.with_suffix(".int8.onnx"))  # the int8 copy keeps the metadata
-    assert quantized.id2label == TINY_MODEL["id2label"] and quantized.image_processor.size == 128
+    assert quantized.id2label == TINY_MODEL["id2label"] and quantized.image_processor.canvas_size == 128
     images = photos(2)
     for full, reduced in zip(ONNXDetector(output).detect(images, 0.0), quantized.detect(images, 0.0)):
         assert len(full["scores"]) == len(reduced["scores"]) == TINY_MODEL["num_queries"]

@@ -158,8 +158,8 @@ def test_disk_full_during_a_checkpoint_write_stops_with_a_clear_error(data_dir, 
 
 def test_a_failed_best_model_save_keeps_the_previous_best(model_dir, tmp_path):
     from detr_lite import DeTRLiteImageProcessor
+    from detr_lite.training.saving import save_model
 
-    save_model = run_detection_module().save_model
     model, processor = DeTRLiteForObjectDetection.from_pretrained(model_dir), DeTRLiteImageProcessor(size=128)
     best, info = tmp_path / "best", {"model_name": "tiny", "dataset_name": "shapes"}
     save_model(best, model, processor, {"AP": 0.1}, info)
