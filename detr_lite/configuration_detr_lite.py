@@ -108,22 +108,7 @@ class DeTRLiteConfig(PreTrainedConfig):
         for field in ("init_std", "init_xavier_std"):
             if not isinstance(getattr(self, field), int | float) or getattr(self, field) <= 0:
                 fail(field, f"must be a positive number, got {getattr(self, field)!r}.")
-        if self.query_source not in _QUERY_SOURCES:
-            fail("query_source", f"must be one of {_QUERY_SOURCES}, got {self.query_source!r}.")
-        if not 0.0 < self.anchor_size <= 1.0:
-            fail("anchor_size", f"must be in (0, 1] (a fraction of the image side), got {self.anchor_size!r}.")
-        if not isinstance(self.one_to_many_copies, int) or self.one_to_many_copies < 0:
-            fail("one_to_many_copies", f"must be a non-negative integer (0 = off), got {self.one_to_many_copies!r}.")
-        if self.one_to_many_copies and self.query_source != "encoder":
-            fail("one_to_many_copies", "needs query_source='encoder' (the group copies the encoder's queries).")
-        for field in ("auxiliary_matching_copies", "proposal_matching_copies"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                fail(field, f"must be a positive integer (1 = one-to-one as in DETR), got {getattr(self, field)!r}.")
-        if not isinstance(self.num_selected_queries, int) or self.num_selected_queries < 0:
-            fail("num_selected_queries", f"must be a non-negative integer (0 = every encoder token), got "
-                 f"{self.num_selected_queries!r}.")
-        if not isinstance(self.box_refinement, bool):
-            fail("box_refinement", f"must be true or false, got {self.box_refinement!r}.")
+        self._validate_queries(fail)
         if self.decoder_layers < 1:
             fail("decoder_layers", "at least one decoder layer is needed to produce predictions.")
         for field in ("encoder_attention_heads", "decoder_attention_heads"):
@@ -149,3 +134,22 @@ class DeTRLiteConfig(PreTrainedConfig):
             fail("image_size", f"must be a multiple of 32 (the backbone stride), got {self.image_size}.")
         if self.num_labels < 1:
             fail("num_labels", "at least one object class is needed.")
+
+    def _validate_queries(self, fail) -> None:
+        """The query-source options (see `detr_lite.queries`)."""
+        if self.query_source not in _QUERY_SOURCES:
+            fail("query_source", f"must be one of {_QUERY_SOURCES}, got {self.query_source!r}.")
+        if not 0.0 < self.anchor_size <= 1.0:
+            fail("anchor_size", f"must be in (0, 1] (a fraction of the image side), got {self.anchor_size!r}.")
+        if not isinstance(self.one_to_many_copies, int) or self.one_to_many_copies < 0:
+            fail("one_to_many_copies", f"must be a non-negative integer (0 = off), got {self.one_to_many_copies!r}.")
+        if self.one_to_many_copies and self.query_source != "encoder":
+            fail("one_to_many_copies", "needs query_source='encoder' (the group copies the encoder's queries).")
+        for field in ("auxiliary_matching_copies", "proposal_matching_copies"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                fail(field, f"must be a positive integer (1 = one-to-one as in DETR), got {getattr(self, field)!r}.")
+        if not isinstance(self.num_selected_queries, int) or self.num_selected_queries < 0:
+            fail("num_selected_queries", f"must be a non-negative integer (0 = every encoder token), got "
+                 f"{self.num_selected_queries!r}.")
+        if not isinstance(self.box_refinement, bool):
+            fail("box_refinement", f"must be true or false, got {self.box_refinement!r}.")
