@@ -13,6 +13,8 @@ class BuildWithModelCard(build_py):
     def run(self) -> None:
         super().run()
         target = Path(self.build_lib) / "detr_lite" / "training" / TEMPLATE
+        # An editable build's build_lib starts empty (the package stays in the checkout), so make the folder first.
+        self.mkpath(str(target.parent))
         self.copy_file(TEMPLATE, str(target))
 
 
