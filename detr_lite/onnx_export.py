@@ -12,6 +12,7 @@ onnx is imported when a function here runs, so the files that travel with a save
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -138,19 +139,126 @@ def _write_metadata(path: Path, id2label: dict, image_processor: DeTRLiteImagePr
     onnx.save(graph, str(path))
 
 
-def quantize_int8(source: str | Path, output: str | Path, op_types: tuple[str, ...] = ("MatMul", "Gemm")) -> Path:
-    """Dynamic int8 quantisation (weights int8, activations quantised per batch at run time), metadata kept.
+def quantize_int8(
+    source: str | Path,
+    output: str | Path,
+    calibration_images: Sequence[str | Path] | None = None,
+    op_types: Sequence[str] | None = None,
+) -> Path:
+    """An int8 copy of a file written by `export_onnx`, its metadata kept.
+
+    Without calibration images, dynamic quantisation: the weights of the matrix products (MatMul/Gemm, the
+    transformer) become int8 and their activations are quantised per batch at run time. No data is needed, but the
+    backbone's convolutions, most of the time, stay in float.
+
+    With calibration images, static quantisation (QDQ) of the convolutions too, which ONNX Runtime then runs with
+    int8 kernels: weights int8 per output channel, activations uint8 over the range (min to max) that those
+    images, run through the file's own image processor, produce. Weights and activations use 7 of their 8 bits
+    (`reduce_range`): without it the int8 kernels of CPUs without VNNI (AVX2) can saturate, which cost 3.5 points
+    of AP50 on BCCD val against 1.0 with it. Use a few dozen images like the ones the model will see (training
+    images, not the ones you evaluate on).
 
     Args:
         source: an fp32 file written by `export_onnx`.
         output: the int8 file to write.
-        op_types: the operator types quantised; everything else stays in float.
+        calibration_images: image files for static quantisation; None for dynamic.
+        op_types: the operator types quantised, everything else staying in float; None for the default of the
+            mode (dynamic: MatMul, Gemm; static: Conv).
 
     Returns:
         The path written.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    output = Path(output)
-    quantize_dynamic(str(source), str(output), op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8)
+    source, output = Path(source), Path(output)
+    if calibration_images is None:
+        quantize_dynamic(str(source), str(output), op_types_to_quantize=list(op_types or DYNAMIC_INT8_OPS),
+                         weight_type=QuantType.QInt8)
+    else:
+        reader = _CalibrationImages(source, calibration_images)
+        quantize_static(str(source), str(output), reader,
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types or STATIC_INT8_OPS),
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        extra_options={"CalibStridedMinMax": reader.batches_per_measurement})
+    quantized, metadata = onnx.load(str(output)), onnx.load(str(source), load_external_data=False).metadata_props
+    if {prop.key for prop in quantized.metadata_props} != {prop.key for prop in metadata}:
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(metadata)
+        onnx.save(quantized, str(output))
     return output
+
+
+DYNAMIC_INT8_OPS = ("MatMul", "Gemm")
+STATIC_INT8_OPS = ("Conv",)
+IMAGES_PER_MEASUREMENT = 8  # calibration images measured at once (the quantiser keeps all their activations)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def calibration_files(folder: str | Path, limit: int = 64) -> list[Path]:
+    """Up to `limit` image files under `folder` (searched recursively), spread evenly over its sorted listing.
+
+    Raises:
+        ValueError: `folder` is not a folder or holds no images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Calibration folder not found: {folder} (pass a folder of training images).")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {folder}: static int8 needs a few dozen "
+                         "images like the ones the model will see to measure its activation ranges.")
+    step = max(1, len(files) / limit)
+    return [files[int(i * step)] for i in range(min(limit, len(files)))]
+
+
+class _CalibrationImages:
+    """Feeds calibration images to ONNX Runtime's quantiser as the exported graph's inputs, one batch at a time.
+
+    The images go through the image processor stored in the file's metadata, in batches of the file's fixed batch
+    size (of `IMAGES_PER_MEASUREMENT` for a dynamic batch axis), each batch read when the quantiser asks for it.
+    The quantiser measures about `IMAGES_PER_MEASUREMENT` images at a time (`set_range`) and merges their ranges,
+    so its memory does not grow with the number of images.
+    """
+
+    def __init__(self, path: Path, images: Sequence[str | Path]):
+        import onnx
+
+        files = list(images)
+        if not files:
+            raise ValueError("calibration_images is empty: static int8 needs images to measure activation ranges.")
+        graph = onnx.load(str(path), load_external_data=False)
+        metadata = {prop.key: prop.value for prop in graph.metadata_props}
+        if FORMAT_KEY not in metadata:
+            raise ValueError(f"{path} was not written by detr_lite's exporter (no {FORMAT_KEY} metadata).")
+        self.processor = DeTRLiteImageProcessor.from_dict(json.loads(metadata["image_processor"]))
+        fixed_batch = graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0 for a dynamic axis
+        batch = fixed_batch or IMAGES_PER_MEASUREMENT
+        self.batches_per_measurement = max(1, IMAGES_PER_MEASUREMENT // fixed_batch) if fixed_batch else 1
+        unit = batch * self.batches_per_measurement if fixed_batch else 1  # fixed batches, whole measurements
+        files += [files[index % len(files)] for index in range(-len(files) % unit)]
+        self.batches = [files[start:start + batch] for start in range(0, len(files), batch)]
+        self.position, self.end = 0, len(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.position, self.end = start_index, min(end_index, len(self.batches))
+
+    def get_next(self) -> dict | None:
+        from PIL import Image, ImageOps
+
+        if self.position >= self.end:
+            return None
+        pictures = []
+        for file in self.batches[self.position]:
+            with Image.open(file) as opened:
+                pictures.append(ImageOps.exif_transpose(opened).convert("RGB"))
+        self.position += 1
+        inputs = self.processor(pictures, return_tensors="pt")
+        return {INPUT_NAMES[0]: inputs["pixel_values"].numpy(), INPUT_NAMES[1]: inputs["pixel_mask"].numpy()}
+
+    def rewind(self) -> None:
+        self.position, self.end = 0, len(self.batches)

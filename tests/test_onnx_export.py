@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from detr_lite import DeTRLiteConfig, DeTRLiteForObjectDetection, DeTRLiteImageProcessor  # noqa: E402
 from detr_lite.data.synthetic import render_sample  # noqa: E402
-from detr_lite.onnx_export import export_onnx  # noqa: E402
+from detr_lite.onnx_export import calibration_files, export_onnx, quantize_int8  # noqa: E402
 from detr_lite.onnx_runtime import ONNXDetector  # noqa: E402
 
 BCCD = Path("/work/shared/datasets/bccd/JPEGImages")
@@ -134,3 +134,42 @@ def test_r50_at_640_matches_pytorch(tmp_path):
     _, expected, actual = run_both(model, processor, detector, photos(2)[:1])
     np.testing.assert_allclose(actual["logits"], expected.logits.numpy(), atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(actual["pred_boxes"], expected.pred_boxes.numpy(), atol=TOLERANCE, rtol=0)
+
+
+def test_static_int8_runs_the_convolutions_in_int8_with_ranges_measured_on_calibration_images(tmp_path):
+    torch.manual_seed(0)  # learned queries: an untrained encoder-query model may pick other tokens after rounding
+    model, processor = DeTRLiteForObjectDetection(tiny_config()).eval(), DeTRLiteImageProcessor(size=128)
+    path = export_onnx(model, processor, tmp_path / "model.onnx", batch_size=2)
+    folder = tmp_path / "calibration"
+    (folder / "nested").mkdir(parents=True)
+    for index, image in enumerate(photos(6)):
+        image.save(folder / ("nested" if index % 2 else "") / f"{index}.jpg")
+    files = calibration_files(folder, limit=5)
+    assert len(files) == 5 and all(file.suffix == ".jpg" for file in files)
+    quantized = quantize_int8(path, tmp_path / "model.int8.onnx", calibration_images=files)
+
+    graph = onnx.load(str(quantized)).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions
+    for conv in convolutions:  # QDQ: int8 weights, uint8 activations, dequantised into each convolution
+        weight, activation = producers[conv.input[1]], producers[conv.input[0]]
+        assert weight.op_type == activation.op_type == "DequantizeLinear"
+        stored = weight.input[0]  # an int8 initializer, or quantised in the graph (a weight shared by the export)
+        assert stored in initializers and initializers[stored].data_type == onnx.TensorProto.INT8 or \
+            producers[stored].op_type == "QuantizeLinear"
+    detector, reference = ONNXDetector(quantized), ONNXDetector(path)  # metadata kept
+    assert detector.id2label == reference.id2label
+    inputs = processor(photos(2), return_tensors="pt")
+    actual = detector.forward(inputs["pixel_values"], inputs["pixel_mask"])
+    expected = reference.forward(inputs["pixel_values"], inputs["pixel_mask"])
+    assert (actual.pred_boxes - expected.pred_boxes).abs().mean() < 0.01
+    assert (actual.logits - expected.logits).abs().mean() < 0.1 * expected.logits.std()
+
+
+def test_calibration_needs_a_folder_with_images(tmp_path):
+    with pytest.raises(ValueError, match="Calibration folder not found"):
+        calibration_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="No images"):
+        calibration_files(tmp_path)
