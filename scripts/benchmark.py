@@ -12,9 +12,9 @@ figures are medians. Auxiliary decoding losses are off in both models, so both t
 the same loss (transformers' own loss for transformers, DeTR-Lite's for DeTR-Lite). Peak CPU memory
 is measured in a fresh subprocess per model and phase; on CUDA, `torch.cuda.max_memory_allocated`.
 
---onnx adds ONNX Runtime rows (CPU): the same DeTR-Lite weights exported with `detr_lite.onnx_export`, fp32 and
-dynamic int8, timed interleaved with the PyTorch model (batch norms folded), with peak memory. --user_path adds
-the path a new user takes: both models saved, reloaded with `from_pretrained` and called as `model(**inputs)`
+--onnx adds ONNX Runtime rows (CPU): the same DeTR-Lite weights exported with `detr_lite.onnx_export`, fp32,
+dynamic int8 and static int8 (calibrated on four synthetic scenes), timed interleaved with the PyTorch model (batch
+norms folded), with peak memory. --user_path adds the path a new user takes: both models saved, reloaded with `from_pretrained` and called as `model(**inputs)`
 (batch 1 inference, and a training step at batch 2 with auxiliary loss on in both).
 """
 
@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForObjectDetection, DetrConfig, DetrForObjectDetection
 
@@ -66,7 +67,7 @@ def parse_args() -> argparse.Namespace:
                         help="torch CPU threads (default: torch's); 1 avoids OpenMP stalls on a loaded machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write every figure to this JSON file")
-    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows (fp32 and int8, CPU)")
+    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows (fp32, int8, CPU)")
     parser.add_argument("--user_path", action="store_true", help="add the from_pretrained + model(**inputs) rows")
     parser.add_argument("--onnx_file", default=None, help=argparse.SUPPRESS)  # internal, for memory children
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)  # "model:phase", internal
@@ -355,12 +356,19 @@ def benchmark_matcher(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- ONNX Runtime and the user path
 
 def export_for_benchmark(model: DeTRLiteForObjectDetection, folder: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """The model as fp32 and dynamic-int8 ONNX files (dynamic batch), in `folder`."""
+    """The model as fp32, dynamic-int8 and static-int8 ONNX files (dynamic batch), in `folder`. Static int8 is
+    calibrated on a few synthetic scenes: the weights are random, so only its speed means anything here."""
+    from detr_lite.data.synthetic import render_sample
     from detr_lite.image_processing_detr_lite import DeTRLiteImageProcessor
     from detr_lite.onnx_export import export_onnx, quantize_int8
 
     fp32 = export_onnx(model, DeTRLiteImageProcessor(size=args.image_size), folder / "model.onnx")
-    return {"onnxruntime": fp32, "onnxruntime_int8": quantize_int8(fp32, folder / "model.int8.onnx")}
+    scenes = []
+    for index in range(4):
+        scenes.append(folder / f"scene{index}.png")
+        Image.fromarray(render_sample(args.seed, 0, index).image).save(scenes[-1])
+    return {"onnxruntime": fp32, "onnxruntime_int8": quantize_int8(fp32, folder / "model.int8.onnx"),
+            "onnxruntime_int8_static": quantize_int8(fp32, folder / "model.int8s.onnx", calibration_images=scenes)}
 
 
 def onnx_detector(path: Path, args: argparse.Namespace):
@@ -375,7 +383,8 @@ def onnx_step(detector, batch: int, args: argparse.Namespace) -> Callable[[], No
 
 
 def benchmark_onnx(lite: DeTRLiteForObjectDetection, args: argparse.Namespace, metrics: dict) -> dict:
-    """ONNX Runtime fp32 and int8 against the folded PyTorch model: parity, images/s and peak memory."""
+    """ONNX Runtime fp32, dynamic int8 and static int8 against the folded PyTorch model: parity, images/s and
+    peak memory."""
     folded = inference_model(copy.deepcopy(lite))
     with tempfile.TemporaryDirectory() as folder:
         files = export_for_benchmark(lite, Path(folder), args)
@@ -396,14 +405,12 @@ def benchmark_onnx(lite: DeTRLiteForObjectDetection, args: argparse.Namespace, m
             for name in detectors:
                 metrics[f"{name}_inference_bs{batch}_throughput"] = named_metric(
                     {name: batch / seconds[name], "pytorch": batch / seconds["pytorch"]}, "images/s", True)
-        memory = cpu_peak_memory("inference", args, ("detr_lite", "onnxruntime"),
-                                 ("--onnx_file", str(files["onnxruntime"])))
-        int8_memory = cpu_peak_memory("inference", args, ("onnxruntime_int8",),
-                                      ("--onnx_file", str(files["onnxruntime_int8"])))
+        memory = cpu_peak_memory("inference", args, ("detr_lite",))
+        for name, path in files.items():  # each file in its own child: --onnx_file names it
+            memory.update(cpu_peak_memory("inference", args, (name,), ("--onnx_file", str(path))))
     for name in detectors:
-        value = (int8_memory if name.endswith("int8") else memory)[name]["peak_delta_mib"]
         metrics[f"{name}_inference_bs{args.batch_size}_peak_rss_delta"] = named_metric(
-            {name: value, "pytorch": memory["detr_lite"]["peak_delta_mib"]}, "MiB", False)
+            {name: memory[name]["peak_delta_mib"], "pytorch": memory["detr_lite"]["peak_delta_mib"]}, "MiB", False)
     return check
 
 

@@ -10,7 +10,9 @@ EXPECTED_METRICS = {
     "inference_bs4_peak_rss_delta", "train_bs4_peak_rss_delta", "matcher_vs_scipy_loop",
     "onnxruntime_inference_bs1_throughput", "onnxruntime_inference_bs4_throughput",
     "onnxruntime_int8_inference_bs1_throughput", "onnxruntime_int8_inference_bs4_throughput",
+    "onnxruntime_int8_static_inference_bs1_throughput", "onnxruntime_int8_static_inference_bs4_throughput",
     "onnxruntime_inference_bs4_peak_rss_delta", "onnxruntime_int8_inference_bs4_peak_rss_delta",
+    "onnxruntime_int8_static_inference_bs4_peak_rss_delta",
     "user_path_inference_bs1_throughput", "user_path_train_bs2_aux_throughput",
 }
 
@@ -31,7 +33,7 @@ def test_tiny_benchmark_reports_every_metric(tmp_path):
         for figure in (value, reference_value):
             assert figure > 0 and math.isfinite(figure), (name, figures)
         assert math.isclose(figures["ratio"], value / reference_value)
-    for name in ("onnxruntime", "onnxruntime_int8"):
+    for name in ("onnxruntime", "onnxruntime_int8", "onnxruntime_int8_static"):
         assert report["onnx_parity"][name]["max_abs_diff_logits"] <= (1e-4 if name == "onnxruntime" else 1.0)
     matcher = report["matcher"]
     assert matcher["totals_equal"]
