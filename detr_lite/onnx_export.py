@@ -140,6 +140,16 @@ def _write_metadata(path: Path, id2label: dict, image_processor: DeTRLiteImagePr
     onnx.save(graph, str(path))
 
 
+def processor_from_metadata(metadata: dict[str, str], path: str | Path) -> DeTRLiteImageProcessor:
+    """The image processor that `export_onnx` stored in a file's metadata; a ValueError naming `path` if the file
+    was not written by it."""
+    if metadata.get(FORMAT_KEY) is None:
+        raise ValueError(
+            f"{path} has no DeTR-Lite metadata ({FORMAT_KEY}, id2label, image_processor): it was not written "
+            "by detr_lite's exporter. Export the model again with scripts/export_onnx.py.")
+    return DeTRLiteImageProcessor.from_dict(json.loads(metadata["image_processor"]))
+
+
 def quantize_int8(
     source: str | Path,
     output: str | Path,
@@ -236,10 +246,7 @@ class _CalibrationImages:
         if not files:
             raise ValueError("calibration_images is empty: static int8 needs images to measure activation ranges.")
         graph = onnx.load(str(path), load_external_data=False)
-        metadata = {prop.key: prop.value for prop in graph.metadata_props}
-        if FORMAT_KEY not in metadata:
-            raise ValueError(f"{path} was not written by detr_lite's exporter (no {FORMAT_KEY} metadata).")
-        self.processor = DeTRLiteImageProcessor.from_dict(json.loads(metadata["image_processor"]))
+        self.processor = processor_from_metadata({prop.key: prop.value for prop in graph.metadata_props}, path)
         fixed_batch = graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0 for a dynamic axis
         batch = fixed_batch or IMAGES_PER_MEASUREMENT
         self.batches_per_measurement = max(1, IMAGES_PER_MEASUREMENT // fixed_batch) if fixed_batch else 1
@@ -261,6 +268,3 @@ class _CalibrationImages:
         self.position += 1
         inputs = self.processor(files, return_tensors="pt")
         return {INPUT_NAMES[0]: inputs["pixel_values"].numpy(), INPUT_NAMES[1]: inputs["pixel_mask"].numpy()}
-
-    def rewind(self) -> None:
-        self.position, self.end = 0, len(self.batches)

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .image_processing_detr_lite import DeTRLiteImageProcessor
-from .onnx_export import FORMAT_KEY, INPUT_NAMES, OUTPUT_NAMES
+from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, processor_from_metadata
 
 
 class ONNXDetector:
@@ -42,11 +41,7 @@ class ONNXDetector:
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
         metadata = self.session.get_modelmeta().custom_metadata_map
-        if metadata.get(FORMAT_KEY) is None:
-            raise ValueError(
-                f"{path} has no DeTR-Lite metadata ({FORMAT_KEY}, id2label, image_processor): it was not written "
-                "by detr_lite's exporter. Export the model again with scripts/export_onnx.py.")
-        self.image_processor = DeTRLiteImageProcessor.from_dict(json.loads(metadata["image_processor"]))
+        self.image_processor = processor_from_metadata(metadata, path)
         self.id2label = {int(key): value for key, value in json.loads(metadata["id2label"]).items()}
         self.batch_size = self.session.get_inputs()[0].shape[0]  # an int, or a name for a dynamic axis
 

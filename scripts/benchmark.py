@@ -14,8 +14,9 @@ is measured in a fresh subprocess per model and phase; on CUDA, `torch.cuda.max_
 
 --onnx adds ONNX Runtime rows (CPU): the same DeTR-Lite weights exported with `detr_lite.onnx_export`, fp32,
 dynamic int8 and static int8 (calibrated on four synthetic scenes), timed interleaved with the PyTorch model (batch
-norms folded), with peak memory. --user_path adds the path a new user takes: both models saved, reloaded with `from_pretrained` and called as `model(**inputs)`
-(batch 1 inference, and a training step at batch 2 with auxiliary loss on in both).
+norms folded), with peak memory. --user_path adds the path a new user takes: both models saved, reloaded with
+`from_pretrained` and called as `model(**inputs)` (batch 1 inference, and a training step at batch 2 with
+auxiliary loss on in both).
 """
 
 import argparse
