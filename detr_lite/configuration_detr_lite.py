@@ -8,7 +8,7 @@ from transformers import PreTrainedConfig
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _QUERY_SOURCES = ("learned", "encoder")
 _BOOLEAN_FIELDS = ("use_pretrained_backbone", "freeze_batch_norm", "dilation", "pre_norm", "auxiliary_loss",
-                   "box_refinement")
+                   "box_refinement", "box_query_position")
 
 
 class DeTRLiteConfig(PreTrainedConfig):
@@ -59,6 +59,14 @@ class DeTRLiteConfig(PreTrainedConfig):
     # "encoder" queries: each decoder layer corrects the previous layer's box instead of the first reference
     # (Deformable DETR's iterative refinement), so later layers make finer corrections
     box_refinement: bool = False
+    # "encoder" queries: each decoder layer's query position is embedded from the query's current box (DAB-DETR)
+    # instead of being its token's position, so attention sees where and how large each box is
+    box_query_position: bool = False
+    # Training only, with box_query_position: groups of noised target copies that the decoder learns to correct
+    # (positives) or to reject (negatives), DN-DETR/DINO's contrastive denoising (see detr_lite.denoising); 0 = off
+    denoising_groups: int = 0
+    denoising_box_noise: float = 1.0  # a positive's corners move < this x half its side, a negative's 1-2x (DINO)
+    denoising_label_flip: float = 0.25  # chance that a denoising query shows a random class instead of its own
     one_to_many_copies: int = 0  # "encoder" queries: k > 0 trains a hidden copy of the queries one-to-many (k each)
     auxiliary_loss: bool = True  # loss on every decoder layer: DETR converges much slower without it
     init_std: float = 0.02  # kept for transformers' initialisation conventions; must be positive
@@ -143,6 +151,16 @@ class DeTRLiteConfig(PreTrainedConfig):
             fail("anchor_size", f"must be in (0, 1] (a fraction of the image side), got {self.anchor_size!r}.")
         if not isinstance(self.one_to_many_copies, int) or self.one_to_many_copies < 0:
             fail("one_to_many_copies", f"must be a non-negative integer (0 = off), got {self.one_to_many_copies!r}.")
+        if self.box_query_position and self.query_source != "encoder":
+            fail("box_query_position", "needs query_source='encoder' (learned queries have no boxes to embed).")
+        if not isinstance(self.denoising_groups, int) or self.denoising_groups < 0:
+            fail("denoising_groups", f"must be a non-negative integer (0 = off), got {self.denoising_groups!r}.")
+        if self.denoising_groups and not self.box_query_position:
+            fail("denoising_groups", "needs box_query_position=true (a denoising query's position is its box).")
+        if not isinstance(self.denoising_box_noise, int | float) or self.denoising_box_noise <= 0:
+            fail("denoising_box_noise", f"must be a positive number, got {self.denoising_box_noise!r}.")
+        if not isinstance(self.denoising_label_flip, int | float) or not 0 <= self.denoising_label_flip <= 1:
+            fail("denoising_label_flip", f"must be in [0, 1], got {self.denoising_label_flip!r}.")
         if self.one_to_many_copies and self.query_source != "encoder":
             fail("one_to_many_copies", "needs query_source='encoder' (the group copies the encoder's queries).")
         for field in ("auxiliary_matching_copies", "proposal_matching_copies"):

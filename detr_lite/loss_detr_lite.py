@@ -208,13 +208,15 @@ class PredictionSet(NamedTuple):
     """Predictions trained beside the decoder's, under their own matching (e.g. the encoder's token proposals).
 
     `logits` (L, B, Q, C + 1) and `boxes` (L, B, Q, 4) hold L layers; their loss terms are logged with the
-    suffix `_{name}` (last layer) or `_{name}_{i}`; each target is matched `copies` times.
+    suffix `_{name}` (last layer) or `_{name}_{i}`; each target is matched `copies` times, or, where each
+    query's target is known beforehand (denoising queries), `matching` gives the pairs.
     """
 
     name: str
     logits: Tensor
     boxes: Tensor
     copies: int = 1
+    matching: Matching | None = None
 
 
 class _Targets(NamedTuple):
@@ -317,16 +319,18 @@ class DeTRLiteLoss(nn.Module):
             for extra in extra_sets:
                 names = [f"_{extra.name}_{layer}" for layer in range(len(extra.logits) - 1)] + [f"_{extra.name}"]
                 total = total + self._set_loss(extra.logits.float(), extra.boxes.float(), labels, extra.copies,
-                                               names, loss_dict)
+                                               names, loss_dict, extra.matching)
         return total, loss_dict
 
     def _set_loss(self, logits: Tensor, boxes: Tensor, labels: Sequence[Mapping[str, Tensor]], copies: int,
-                  suffixes: Sequence[str], loss_dict: dict[str, Tensor]) -> Tensor:
-        """Match layers (L, B, Q, ·) to the targets repeated `copies` times; their weighted loss, terms logged."""
+                  suffixes: Sequence[str], loss_dict: dict[str, Tensor], matching: Matching | None = None) -> Tensor:
+        """Match layers (L, B, Q, ·) to the targets repeated `copies` times (or take the given `matching`);
+        their weighted loss, terms logged."""
         if copies > 1:
             labels = [{"class_labels": target["class_labels"].repeat(copies), "boxes": target["boxes"].repeat(copies, 1)}
                       for target in labels]
-        matching = self.matcher(logits, boxes, labels)
+        if matching is None:
+            matching = self.matcher(logits, boxes, labels)
         counts = [len(target["boxes"]) for target in labels]
         targets = _Targets(*_concat_labels(labels, logits.device),
                            torch.tensor(counts, dtype=torch.float32).to(logits.device, non_blocking=True))

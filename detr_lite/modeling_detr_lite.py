@@ -23,8 +23,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_detr_lite import DeTRLiteConfig
+from .denoising import DenoisingGroups, DenoisingQueries
 from .loss_detr_lite import DeTRLiteLoss, PredictionSet
-from .queries import Queries, build_queries, decode_boxes
+from .queries import BoxPositionEmbedding, Queries, build_queries, decode_boxes, offset_boxes, sine_features
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -52,6 +53,8 @@ class DeTRLiteModelOutput(ModelOutput):
         proposal_boxes: (B, HW, 4) every encoder token's box proposal, only with encoder queries.
         one_to_many: in training with `one_to_many_copies`, the one-to-many group's (L, B, Q, d_model) decoder
             outputs and (B, Q, 4) reference boxes.
+        denoising: in training with `denoising_groups` and `labels`, the denoising queries' (L, B, G * S, d_model)
+            decoder outputs, (B, G * S, 4) reference boxes and the queries themselves (`DenoisingGroups`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -67,6 +70,7 @@ class DeTRLiteModelOutput(ModelOutput):
     proposal_logits: torch.FloatTensor | None = None
     proposal_boxes: torch.FloatTensor | None = None
     one_to_many: tuple[torch.FloatTensor, torch.FloatTensor] | None = None
+    denoising: tuple[torch.FloatTensor, torch.FloatTensor, DenoisingGroups] | None = None
 
 
 @dataclass
@@ -306,12 +310,8 @@ def sine_position_embedding(mask: torch.Tensor, num_features: int, temperature: 
     # Normalising by the last cumulative value maps each image's real extent to (0, 2π], whatever its padding.
     y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
     x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
-    exponent = 2 * torch.div(torch.arange(num_features, device=mask.device), 2, rounding_mode="floor") / num_features
-    dim_t = temperature**exponent  # (F,): each sin/cos pair shares one frequency
-    pos_x = x_embed[..., None] / dim_t  # (B, h, w, F)
-    pos_y = y_embed[..., None] / dim_t
-    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+    pos_x = sine_features(x_embed, num_features, temperature)  # (B, h, w, F)
+    pos_y = sine_features(y_embed, num_features, temperature)
     return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # (B, h * w, 2F)
 
 
@@ -514,28 +514,41 @@ class DeTRLiteDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DeTRLiteDecoderLayer(config) for _ in range(config.decoder_layers))
         self.norm = nn.LayerNorm(config.d_model)  # shared by every layer's output, so all heads see one scale
+        # With box_query_position, each layer's query position comes from the query's current box (DAB-DETR)
+        self.box_position = BoxPositionEmbedding(config.d_model) if config.box_query_position else None
+        self.refine = config.box_refinement
 
     def forward(
         self,
         memory: torch.Tensor,
         pos: torch.Tensor,
-        query_pos: torch.Tensor,
+        query_pos: torch.Tensor | None,
         padding_mask: torch.Tensor | None,
         need_weights: bool = False,
         tgt: torch.Tensor | None = None,
+        reference_boxes: torch.Tensor | None = None,
+        box_head: nn.Module | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """Returns every layer's normalised output (L, B, Q, D) and, with `need_weights`, the cross- and the
         self-attention weights per layer (else None).
 
         `tgt` (B, Q, D) is the queries' initial content; None starts them empty as in DETR, where a learned
-        query's identity lives in `query_pos` alone.
+        query's identity lives in `query_pos` alone. With `box_query_position`, `query_pos` (may be None) is embedded
+        at each layer from the query's reference box (B, Q, 4): the first from `reference_boxes`, then, with
+        `box_refinement` and the detector's `box_head`, the box the layer before predicted (detached, the
+        same boxes as `decode_boxes` gives).
         """
         if tgt is None:
             tgt = torch.zeros_like(query_pos)
+        reference = reference_boxes if self.box_position is not None else None
         outputs, cross_attentions, self_attentions = [], [], []
         for layer in self.layers:
+            if reference is not None:
+                query_pos = self.box_position(reference)
             tgt, self_weights, cross_weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
             outputs.append(self.norm(tgt))  # the un-normalised stream flows on, as in DETR
+            if reference is not None and self.refine and box_head is not None:
+                reference = offset_boxes(box_head(outputs[-1]), reference).detach()
             cross_attentions.append(cross_weights)
             self_attentions.append(self_weights)
         if not need_weights:
@@ -633,6 +646,7 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         self.add_module(queries.module_name, queries)
         self.encoder = DeTRLiteEncoder(config)
         self.decoder = DeTRLiteDecoder(config)
+        self.denoising = DenoisingQueries(config) if config.denoising_groups else None
         self.post_init()
 
     @property
@@ -647,6 +661,8 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        box_head: nn.Module | None = None,
+        labels: list[dict] | None = None,
         **kwargs,
     ) -> DeTRLiteModelOutput | tuple:
         """Args:
@@ -654,6 +670,10 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
             pixel_mask: (B, H, W), 1 on real pixels, 0 on padding; None means no padding.
             output_attentions: also return every attention map (slower eager attention); None: the config's.
             output_hidden_states: also return the encoder's and decoder's hidden states; None: the config's.
+            box_head: the detector's box head, with which the decoder refines the boxes its query positions
+                are embedded from (`box_query_position` with `box_refinement`); without it they stay the
+                first reference boxes.
+            labels: in training with `denoising_groups`, the targets the denoising queries are made from.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
@@ -674,14 +694,24 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
         memory, encoder_hidden_states, encoder_attentions = self.encoder(src, pos, padding_mask, output_attentions,
                                                                          output_hidden_states)
         queries: Queries = self.queries(memory, pos, feature_mask)
-        hidden, cross_attentions, decoder_attentions = self.decoder(memory, pos, queries.position, padding_mask,
-                                                                    output_attentions, queries.content)
+        hidden, cross_attentions, decoder_attentions = self.decoder(
+            memory, pos, queries.position, padding_mask, output_attentions, queries.content, queries.reference_boxes,
+            box_head)
         decoder_input = torch.zeros_like(queries.position) if queries.content is None else queries.content
-        one_to_many = None
+        one_to_many = denoising = None
         if queries.one_to_many is not None:  # training only: decoded apart, so neither group sees the other
             group = queries.one_to_many
-            group_hidden, _, _ = self.decoder(memory, pos, group.position, padding_mask, False, group.content)
+            group_hidden, _, _ = self.decoder(memory, pos, group.position, padding_mask, False, group.content,
+                                              group.reference_boxes, box_head)
             one_to_many = (group_hidden, group.reference_boxes)
+        noised = self.denoising(labels) if self.denoising is not None and self.training and labels else None
+        if noised is not None:  # decoded apart too, each group as more images of the batch
+            repeat = noised.groups
+            noised_hidden, _, _ = self.decoder(
+                memory.repeat(repeat, 1, 1), pos.repeat(repeat, 1, 1), None,
+                None if padding_mask is None else padding_mask.repeat(repeat, 1), False, noised.content,
+                noised.reference_boxes, box_head)
+            denoising = (noised.per_image(noised_hidden), noised.per_image(noised.reference_boxes), noised)
         output = DeTRLiteModelOutput(
             last_hidden_state=hidden[-1],
             intermediate_hidden_states=hidden,
@@ -696,6 +726,7 @@ class DeTRLiteModel(DeTRLitePreTrainedModel):
             proposal_logits=queries.proposal_logits,
             proposal_boxes=queries.proposal_boxes,
             one_to_many=one_to_many,
+            denoising=denoising,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -717,6 +748,12 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
                 for last in (self.bbox_predictor.layers[-1], self.model.queries.proposal_box[-1]):
                     last.weight.zero_()
                     last.bias.zero_()
+
+    def _prediction_set(self, name: str, hidden: torch.Tensor, reference_boxes: torch.Tensor, copies: int,
+                        matching=None) -> PredictionSet:
+        """The heads' predictions for a training-only query group: hidden (L, B, Q, D), reference (B, Q, 4)."""
+        boxes = decode_boxes(self.bbox_predictor(hidden), reference_boxes, self.config.box_refinement)
+        return PredictionSet(name, self.class_labels_classifier(hidden), boxes, copies, matching)
 
     @property
     def loss_function(self):
@@ -742,7 +779,7 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
             output_hidden_states: also return the encoder's and decoder's hidden states; None: the config's.
         """
         outputs = self.model(pixel_values, pixel_mask=pixel_mask, output_attentions=output_attentions,
-                             output_hidden_states=output_hidden_states)
+                             output_hidden_states=output_hidden_states, box_head=self.bbox_predictor, labels=labels)
         hidden = outputs.intermediate_hidden_states  # (L, B, Q, D)
         if labels is None and not self.config.box_refinement:
             hidden = hidden[-1:]  # inference needs the last layer only
@@ -761,10 +798,11 @@ class DeTRLiteForObjectDetection(DeTRLitePreTrainedModel):
                 extra.append(PredictionSet("enc", outputs.proposal_logits[None], outputs.proposal_boxes[None],
                                            self.config.proposal_matching_copies))
             if outputs.one_to_many is not None:
-                group_hidden, group_reference = outputs.one_to_many
-                extra.append(PredictionSet("o2m", self.class_labels_classifier(group_hidden), decode_boxes(
-                    self.bbox_predictor(group_hidden), group_reference, self.config.box_refinement),
-                    self.config.one_to_many_copies))
+                extra.append(self._prediction_set("o2m", *outputs.one_to_many, self.config.one_to_many_copies))
+            if outputs.denoising is not None:
+                noised_hidden, noised_reference, noised = outputs.denoising
+                extra.append(self._prediction_set("dn", noised_hidden, noised_reference, noised.groups,
+                                                  noised.matching(len(noised_hidden))))
             loss, loss_dict = self.criterion(logits, pred_boxes, labels, aux_logits, aux_boxes, extra)
         output = DeTRLiteObjectDetectionOutput(
             loss=loss,

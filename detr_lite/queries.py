@@ -17,8 +17,12 @@ This module is the one place where DeTR-Lite's options depart from DETR's query 
   speeds up training, while the first group, the only one used for inference, stays one-to-one and needs no NMS.
 - With `box_refinement`, each decoder layer refines the box of the layer before it (Deformable DETR's
   iterative refinement); otherwise every layer predicts an offset from the query's first reference box.
+- With `box_query_position` (DAB-DETR, Liu et al. 2022), the query position at each decoder layer is embedded
+  from the query's current reference box (`BoxPositionEmbedding`) rather than fixed to its token's position:
+  cross-attention looks around the box, and self-attention sees which queries hold nearly the same box.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +113,30 @@ class EncoderQueries(nn.Module):
 
         return Queries(gather(queries.content), gather(queries.position), gather(queries.reference_boxes),
                        queries.proposal_logits, queries.proposal_boxes)
+
+
+def sine_features(values: torch.Tensor, num_features: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Transformer sine features of scalar positions: (...) -> (..., num_features), sin/cos pairs interleaved.
+
+    `values` are already scaled (DETR scales normalised positions by 2π); pair i has wavelength
+    temperature^(2i / num_features), as in "Attention Is All You Need".
+    """
+    exponent = 2 * torch.div(torch.arange(num_features, device=values.device), 2, rounding_mode="floor") / num_features
+    angles = values[..., None] / temperature**exponent  # (..., F): each sin/cos pair shares one frequency
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+class BoxPositionEmbedding(nn.Module):
+    """A query position from a box (DAB-DETR): sine features of cx, cy, w and h (d_model / 2 each), then an MLP."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes (B, Q, 4) normalised (cx, cy, w, h) -> (B, Q, d_model)."""
+        num_features = self.mlp[0].in_features // 4
+        return self.mlp(sine_features(boxes * (2 * math.pi), num_features).flatten(-2))
 
 
 def build_queries(config: DeTRLiteConfig) -> LearnedQueries | EncoderQueries:

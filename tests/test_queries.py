@@ -126,7 +126,42 @@ def test_proposals_match_each_target_the_requested_number_of_times():
 @pytest.mark.parametrize(("field", "value"), [("query_source", "grid"), ("anchor_size", 0.0),
                                               ("anchor_size", 1.5), ("auxiliary_matching_copies", 0),
                                               ("proposal_matching_copies", 0), ("num_selected_queries", -1),
-                                              ("box_refinement", "yes")])
+                                              ("box_refinement", "yes"), ("box_query_position", 1)])
 def test_invalid_recipe_fields_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         tiny_config(**{field: value})
+
+
+def test_box_query_position_needs_boxes():
+    with pytest.raises(ValueError, match="box_query_position.*encoder"):
+        tiny_config(box_query_position=True)  # learned queries
+
+
+@pytest.mark.parametrize("box_refinement", [False, True])
+def test_each_decoder_layer_embeds_its_current_box_as_the_query_position(box_refinement):
+    """box_query_position: layer l's query position is the embedding of the box layer l - 1 predicted (with
+    refinement; else the proposal's), for the inference queries and the one-to-many group alike."""
+    torch.manual_seed(0)
+    config = tiny_config(**ENCODER, num_selected_queries=6, one_to_many_copies=2, box_refinement=box_refinement,
+                         box_query_position=True)
+    model = DeTRLiteForObjectDetection(config).train()
+    torch.nn.init.normal_(model.bbox_predictor.layers[-1].weight, std=0.5)  # boxes move at every layer
+    seen = []
+    for layer in model.model.decoder.layers:
+        layer.register_forward_pre_hook(lambda module, args: seen.append(args[3].detach().clone()))
+    outputs = model(torch.randn(2, 3, 128, 128), labels=random_labels(2, generator=torch.Generator().manual_seed(0)))
+    layers = len(model.model.decoder.layers)
+    assert len(seen) == 2 * layers  # the queries, then the one-to-many group
+    embed = model.model.decoder.box_position
+    scores = outputs.proposal_logits[..., :-1].amax(-1)  # the selected proposals: the 6 best tokens
+    chosen = scores.topk(6, dim=1).indices
+    first = outputs.proposal_boxes.gather(1, chosen[..., None].expand(-1, -1, 4))
+    boxes = [first] + [aux["pred_boxes"] for aux in outputs.auxiliary_outputs]
+    with torch.no_grad():
+        for index in range(layers):
+            reference = boxes[index] if box_refinement else first
+            torch.testing.assert_close(seen[index], embed(reference), atol=1e-5, rtol=1e-5)
+    moved = not torch.allclose(seen[0], seen[layers - 1])
+    assert moved == box_refinement  # the boxes, and so the positions, move only with refinement
+    outputs.loss.backward()
+    assert embed.mlp[0].weight.grad.abs().sum() > 0

@@ -51,6 +51,8 @@ def _queries(config) -> str:
     """How the model's object queries are made, for the card's one-line description."""
     if config.query_source == "encoder":
         refinement = ", refined layer by layer" if config.box_refinement else ""
+        if config.box_query_position:
+            refinement += ", each query's position embedded from its box"
         chosen = (f"{config.num_selected_queries} object queries chosen among the encoder tokens' proposals"
                   if config.num_selected_queries else "one object query per encoder token")
         return f"{chosen} (boxes relative to a token-centred anchor{refinement})"
