@@ -81,6 +81,9 @@ class DeTRLiteConfig(PreTrainedConfig):
     # > 1: the auxiliary layers match every target this many times (one-to-many); the last stays one-to-one
     auxiliary_matching_copies: int = 1
     eos_coefficient: float = 0.1  # weight of the no-object class: ~90 of 100 queries are empty
+    # no-object weight of an unmatched query whose box overlaps a target by IoU >= 0.5: a second box on an object,
+    # the duplicate a user sees, weighed apart from the many empty queries; None = eos_coefficient
+    overlap_eos_coefficient: float | None = None
     # Input
     image_size: int = 640  # the square canvas every image is letterboxed into
     is_encoder_decoder: bool = True  # transformers' flag: outputs carry encoder and decoder states
@@ -136,6 +139,10 @@ class DeTRLiteConfig(PreTrainedConfig):
         ):
             if getattr(self, field) < 0:
                 fail(field, f"must be non-negative, got {getattr(self, field)!r}.")
+        if self.overlap_eos_coefficient is not None and (
+                not isinstance(self.overlap_eos_coefficient, int | float) or self.overlap_eos_coefficient < 0):
+            fail("overlap_eos_coefficient", f"must be a non-negative number or None, got "
+                 f"{self.overlap_eos_coefficient!r}.")
         if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             fail("class_cost", "all matcher costs are 0: the Hungarian matching would be arbitrary.")
         if self.image_size % 32:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .box_ops import center_to_corners, generalized_box_iou, paired_generalized_box_iou
+from .box_ops import box_iou, center_to_corners, generalized_box_iou, paired_generalized_box_iou
 
 
 class Matching(NamedTuple):
@@ -244,6 +244,22 @@ def _flatten_matches(matching: Matching, counts: list[int], device: torch.device
     return [_Matches(*layer) for layer in stacked.to(device, non_blocking=True)]
 
 
+OVERLAP_IOU = 0.5  # a query this close to a target that it was not matched to draws a second box on it
+
+
+@torch.no_grad()
+def _overlaps_a_target(boxes: Tensor, targets: _Targets) -> Tensor:
+    """(B, Q) bool: the query's box (B, Q, 4 cxcywh) overlaps one of its own image's targets by IoU >= OVERLAP_IOU."""
+    batch, queries = boxes.shape[:2]
+    if len(targets.boxes) == 0:
+        return torch.zeros(batch, queries, dtype=torch.bool, device=boxes.device)
+    iou, _ = box_iou(center_to_corners(boxes.flatten(0, 1)), center_to_corners(targets.boxes))  # (B * Q, T)
+    target_image = torch.repeat_interleave(torch.arange(batch, device=boxes.device), targets.counts.long(),
+                                           output_size=len(targets.boxes))  # no host sync
+    same_image = torch.arange(batch, device=boxes.device).repeat_interleave(queries)[:, None] == target_image
+    return ((iou >= OVERLAP_IOU) & same_image).any(-1).view(batch, queries)
+
+
 def _num_boxes(total: int, device: torch.device) -> Tensor:
     """Number of target boxes per process, averaged over processes and clamped to >= 1; 0-d, on the device."""
     # torch.full passes the count as a kernel argument: no host-to-device copy to wait for.
@@ -268,6 +284,7 @@ class DeTRLiteLoss(nn.Module):
         super().__init__()
         self.num_labels = config.num_labels
         self.eos_coefficient = config.eos_coefficient
+        self.overlap_eos_coefficient = getattr(config, "overlap_eos_coefficient", None)  # not in DetrConfig
         self.auxiliary_loss = config.auxiliary_loss
         # transformers' DetrConfig has no such field: one-to-one matching everywhere, as in DETR.
         self.auxiliary_matching_copies = getattr(config, "auxiliary_matching_copies", 1)
@@ -399,7 +416,15 @@ class DeTRLiteLoss(nn.Module):
         target_classes[matches.image, matches.query] = targets.classes[matches.target]  # (B, Q)
         weight = torch.ones(self.num_labels + 1, device=logits.device)
         weight[-1] = self.eos_coefficient
-        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)}
+        if self.overlap_eos_coefficient is None:
+            return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)}
+        # Per query: an unmatched query on an object gets its own no-object weight. The mean is weighted as
+        # cross_entropy's own (sum of weighted losses over the sum of weights), so it reduces to the line above.
+        query_weight = weight[target_classes]  # (B, Q)
+        duplicate = (target_classes == self.num_labels) & _overlaps_a_target(boxes, targets)
+        query_weight = query_weight.masked_fill(duplicate, self.overlap_eos_coefficient)
+        losses = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
+        return {"loss_ce": (losses * query_weight).sum() / query_weight.sum()}
 
     def loss_boxes(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,
                    num_boxes: Tensor) -> dict[str, Tensor]:

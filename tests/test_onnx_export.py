@@ -22,6 +22,7 @@ from detr_lite.onnx_runtime import ONNXDetector  # noqa: E402
 
 BCCD = Path("/work/shared/datasets/bccd/JPEGImages")
 QUICKSTART = Path(__file__).resolve().parents[1] / "configuration" / "detr_lite_quickstart.json"
+SMALL_DATA = QUICKSTART.with_name("detr_lite_small_data.json")
 TOLERANCE = 1e-4
 TOP_K = 5
 
@@ -33,18 +34,23 @@ def photos(count: int) -> list[Image.Image]:
     return real + synthetic
 
 
-def quickstart_model() -> tuple[DeTRLiteForObjectDetection, DeTRLiteImageProcessor]:
-    """The quickstart preset (resnet10t, encoder queries with box refinement, trainable batch norms), untrained."""
-    preset = json.loads(QUICKSTART.read_text())["model"]
+def quickstart_model(preset_file: Path = QUICKSTART) -> tuple[DeTRLiteForObjectDetection, DeTRLiteImageProcessor]:
+    """The quickstart preset (resnet10t, encoder queries with box refinement, trainable batch norms), or another
+    preset's model, untrained."""
+    preset = json.loads(preset_file.read_text())["model"]
     torch.manual_seed(0)
     model = DeTRLiteForObjectDetection(DeTRLiteConfig(**preset, id2label=TINY_MODEL["id2label"])).eval()
     return model, DeTRLiteImageProcessor(size=preset["image_size"])
 
 
-@pytest.fixture(scope="module", params=["tiny_learned_queries", "quickstart_encoder_queries"])
+@pytest.fixture(scope="module", params=["tiny_learned_queries", "quickstart_encoder_queries",
+                                        "small_data_encoder_queries"])
 def exported(request, tmp_path_factory):
     """(PyTorch model, processor, ONNX detector) for a dynamic-batch export with post-processing."""
-    if request.param == "quickstart_encoder_queries":
+    if request.param == "small_data_encoder_queries":  # its decoder moves its boxes, and with them the queries
+        model, processor = quickstart_model(SMALL_DATA)
+        torch.nn.init.normal_(model.bbox_predictor.layers[-1].weight, std=0.1)
+    elif request.param == "quickstart_encoder_queries":
         model, processor = quickstart_model()
     else:
         torch.manual_seed(0)
