@@ -544,11 +544,11 @@ class DeTRLiteDecoder(nn.Module):
         outputs, cross_attentions, self_attentions = [], [], []
         for layer in self.layers:
             if reference is not None:
+                if outputs and self.refine and box_head is not None:  # the box the layer before predicted
+                    reference = offset_boxes(box_head(outputs[-1]), reference).detach()
                 query_pos = self.box_position(reference)
             tgt, self_weights, cross_weights = layer(tgt, memory, pos, query_pos, padding_mask, need_weights)
             outputs.append(self.norm(tgt))  # the un-normalised stream flows on, as in DETR
-            if reference is not None and self.refine and box_head is not None:
-                reference = offset_boxes(box_head(outputs[-1]), reference).detach()
             cross_attentions.append(cross_weights)
             self_attentions.append(self_weights)
         if not need_weights:
