@@ -75,7 +75,11 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_from_it(data_dir, tmp_
                 time.sleep(0.2)  # logging_steps=1: "loss=" appears once the first step is done
             assert process.poll() is None, log.read_text()[-3000:]
             os.killpg(process.pid, signal.SIGTERM)
-            time.sleep(0.2)
+            # Python runs pending handlers in signal-number order, so SIGINT sent while the step still holds the
+            # interpreter would be handled first; the second signal goes once the first has been acknowledged.
+            deadline = time.monotonic() + 120
+            while "SIGTERM received" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             os.killpg(process.pid, signal.SIGINT)
             returncode = process.wait(timeout=120)
         finally:
