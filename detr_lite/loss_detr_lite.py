@@ -254,9 +254,9 @@ def _overlaps_a_target(boxes: Tensor, targets: _Targets) -> Tensor:
     if len(targets.boxes) == 0:
         return torch.zeros(batch, queries, dtype=torch.bool, device=boxes.device)
     iou, _ = box_iou(center_to_corners(boxes.flatten(0, 1)), center_to_corners(targets.boxes))  # (B * Q, T)
-    target_image = torch.repeat_interleave(torch.arange(batch, device=boxes.device), targets.counts.long(),
-                                           output_size=len(targets.boxes))  # no host sync
-    same_image = torch.arange(batch, device=boxes.device).repeat_interleave(queries)[:, None] == target_image
+    images = torch.arange(batch, device=boxes.device)
+    target_image = images.repeat_interleave(targets.counts.long(), output_size=len(targets.boxes))  # no host sync
+    same_image = images.repeat_interleave(queries)[:, None] == target_image
     return ((iou >= OVERLAP_IOU) & same_image).any(-1).view(batch, queries)
 
 

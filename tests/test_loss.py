@@ -167,28 +167,26 @@ def test_mismatched_auxiliary_outputs_raise():
         DeTRLiteLoss(make_config())(logits[-1], boxes[-1], labels, logits[:-1], boxes[:-1, :2])
 
 
-def _duplicate_scene(overlap_eos_coefficient):
-    """One target; query 0 on it, query 1 a second box on it (IoU 0.8), query 2 elsewhere; equal logits."""
+def _duplicate_scene(overlap_eos_coefficient, logits=None):
+    """One target; query 0 on it, query 1 a second box on it (IoU 0.8), query 2 elsewhere; equal logits unless
+    given. Returns the loss and the logits."""
     config = DeTRLiteConfig(num_labels=CLASSES, decoder_layers=1, eos_coefficient=0.2,
                             overlap_eos_coefficient=overlap_eos_coefficient)
     target = torch.tensor([[0.5, 0.5, 0.4, 0.4]])
     boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4 * 0.8], [0.1, 0.1, 0.1, 0.1]]])
-    logits = torch.zeros(1, 3, CLASSES + 1)
+    logits = torch.zeros(1, 3, CLASSES + 1) if logits is None else logits
     labels = [{"class_labels": torch.tensor([2]), "boxes": target}]
-    return DeTRLiteLoss(config)(logits, boxes, labels)[1]["loss_ce"]
+    return DeTRLiteLoss(config)(logits, boxes, labels)[1]["loss_ce"], logits
 
 
 def test_a_second_box_on_an_object_gets_its_own_no_object_weight():
     ce = torch.log(torch.tensor(CLASSES + 1.0))  # every query's cross-entropy with equal logits
-    assert torch.isclose(_duplicate_scene(None), ce)  # a weighted mean of equal terms
-    assert torch.isclose(_duplicate_scene(0.2), _duplicate_scene(None))  # the same weight: the plain loss
+    assert torch.isclose(_duplicate_scene(None)[0], ce)  # a weighted mean of equal terms
+    assert torch.isclose(_duplicate_scene(0.2)[0], _duplicate_scene(None)[0])  # the same weight: the plain loss
     # Query 1 (IoU 0.8, unmatched) weighs 3: make its term differ to see the weight.
-    config = DeTRLiteConfig(num_labels=CLASSES, decoder_layers=1, eos_coefficient=0.2, overlap_eos_coefficient=3.0)
     logits = torch.zeros(1, 3, CLASSES + 1)
     logits[0, 1, -1] = 2.0  # query 1 already leans to no-object: a lower loss, now weighted 3
-    boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.32], [0.1, 0.1, 0.1, 0.1]]])
-    labels = [{"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
-    loss = DeTRLiteLoss(config)(logits, boxes, labels)[1]["loss_ce"]
+    loss, logits = _duplicate_scene(3.0, logits)
     terms = torch.nn.functional.cross_entropy(logits[0], torch.tensor([2, CLASSES, CLASSES]), reduction="none")
     expected = (terms[0] * 1 + terms[1] * 3.0 + terms[2] * 0.2) / (1 + 3.0 + 0.2)
     torch.testing.assert_close(loss, expected)

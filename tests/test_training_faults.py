@@ -31,6 +31,13 @@ def data_dir(tmp_path_factory) -> Path:
     return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, seed=3)
 
 
+def wait_for_log(log: Path, text: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Polls the training log until `text` appears, the process ends or `seconds` pass (the caller checks which)."""
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def write_preset(folder: Path, **training) -> Path:
     path = folder / "preset.json"
     path.write_text(json.dumps({**TINY_PRESET, "training": {**TINY_PRESET["training"], **training}}))
@@ -70,16 +77,12 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_from_it(data_dir, tmp_
         process = subprocess.Popen([sys.executable, str(SCRIPTS / "run_detection.py"), *common], stdout=stream,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while "loss=" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)  # logging_steps=1: "loss=" appears once the first step is done
+            wait_for_log(log, "loss=", process)  # logging_steps=1: "loss=" appears once the first step is done
             assert process.poll() is None, log.read_text()[-3000:]
             os.killpg(process.pid, signal.SIGTERM)
             # Python runs pending handlers in signal-number order, so SIGINT sent while the step still holds the
             # interpreter would be handled first; the second signal goes once the first has been acknowledged.
-            deadline = time.monotonic() + 120
-            while "SIGTERM received" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_log(log, "SIGTERM received", process)
             os.killpg(process.pid, signal.SIGINT)
             returncode = process.wait(timeout=120)
         finally:
@@ -217,9 +220,7 @@ def test_sigkill_during_training_resumes_from_the_last_complete_checkpoint(data_
                                     "--data_dir", str(data_dir), "--output_dir", str(output_dir)], stdout=stream,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while "| 3/6 [" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_log(log, "| 3/6 [", process)
             assert process.poll() is None, log.read_text()[-3000:]
         finally:
             os.killpg(process.pid, signal.SIGKILL)
