@@ -1,13 +1,15 @@
-"""DETR's optimiser groups and learning-rate schedules."""
+"""DETR's optimiser groups, learning-rate schedules and the moving average of the weights."""
 
 import math
 
 import pytest
 import torch
 from conftest import tiny_config
+from torch import nn
 
 from detr_lite import DeTRLiteForObjectDetection
-from detr_lite.training.optimization import apply_schedule, build_scheduler, lr_lambda, parameter_groups
+from detr_lite.training.optimization import (apply_schedule, build_ema, build_scheduler, lr_lambda,
+                                           parameter_groups)
 
 
 def test_backbone_gets_its_own_rate_and_norms_biases_no_decay():
@@ -61,3 +63,31 @@ def test_apply_schedule_follows_new_settings_after_a_resume():
     longer.load_state_dict(short.state_dict())
     apply_schedule(longer)
     assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(lr_lambda(2, "cosine", 0, 8, None))
+
+
+def test_ema_averages_batch_norm_statistics_and_warms_up():
+    """A from-scratch model trains its batch norms: the average must follow their running statistics, and its
+    decay must start at 0 so the random initial weights do not weigh on a short run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = build_ema(model, decay=0.999)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    expected = None  # the weight's average, by hand
+    for step in range(1, 4):
+        model(torch.randn(16, 3) * 5 + 2)  # training mode: the running statistics move
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        ema.update(model, step=step)
+        decay = ema.get_decay(step)
+        expected = model[0].weight.detach().clone() if expected is None else \
+            decay * expected + (1 - decay) * model[0].weight.detach()
+        if step == 1:  # the first update copies the model, buffers included
+            for name, value in model.state_dict().items():
+                torch.testing.assert_close(ema.module.state_dict()[name], value, msg=name)
+    averaged = ema.module.state_dict()
+    assert 0 < ema.get_decay(2) < ema.get_decay(100) < ema.get_decay(10_000) <= 0.999
+    torch.testing.assert_close(averaged["0.weight"], expected)
+    # Between the initial and current values, away from both: an average, not a copy, of weights and statistics.
+    for name in ("0.weight", "1.running_mean", "1.running_var"):
+        assert not torch.allclose(averaged[name], initial[name]), name
+        assert not torch.allclose(averaged[name], model.state_dict()[name]), name

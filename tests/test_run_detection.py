@@ -158,7 +158,7 @@ def test_resume_from_latest_continues_exactly(preset, data_dir, tmp_path):
                               weights_only=True)
     resumed_ema = torch.load(tmp_path / "resumed" / "checkpoints" / "step_4" / "custom_checkpoint_1.pkl",
                              weights_only=True)
-    assert int(straight_ema["n_averaged"]) == int(resumed_ema["n_averaged"]) == 4
+    assert any(name.endswith("running_var") for name in straight_ema)  # batch-norm statistics are averaged too
     for name, tensor in straight_ema.items():
         torch.testing.assert_close(resumed_ema[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -26,7 +26,7 @@ from ..modeling_detr_lite import DeTRLiteForObjectDetection
 from .arguments import TrainingArguments
 from .checkpointing import check_disk_space, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .components import build_model, load_splits, make_accelerator, prepare_output_dir, training_images
-from .optimization import apply_schedule, build_scheduler, parameter_groups
+from .optimization import apply_schedule, build_ema, build_scheduler, parameter_groups
 from .policies import (StopSignal, TrainingError, TrainingInterrupted, ignore_stop_signals, is_due, is_new_best,
                        nonfinite_streak)
 from .saving import push_to_hub, save_model, save_sample_prediction
@@ -111,8 +111,7 @@ class Trainer:
         accelerator.register_for_checkpointing(self.scheduler)
         self.ema = None
         if args.ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.plain_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay))
+            self.ema = build_ema(self.plain_model, args.ema_decay)
             accelerator.register_for_checkpointing(self.ema)
 
     def train(self) -> dict:
@@ -222,7 +221,7 @@ class Trainer:
             logger.warning("step %d: the loss is NaN or inf; update skipped (%d in a row, %d in all).",
                            state.step, self.streak + 1, state.skipped_steps)
         elif self.ema is not None:
-            self.ema.update_parameters(self.plain_model)
+            self.ema.update(self.plain_model, step=state.step)
         self.streak = nonfinite_streak(self.streak, self.step_skipped, args.max_consecutive_nonfinite, state.step,
                                        self.output_dir)
         self.step_skipped = False

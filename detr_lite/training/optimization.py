@@ -1,9 +1,10 @@
 """DETR's optimisation recipe: AdamW with a smaller backbone learning rate, no weight decay on norms and biases,
-warmup, then a step or cosine decay."""
+warmup, then a step or cosine decay; optionally an exponential moving average of the weights."""
 
 import math
 from collections.abc import Callable
 
+import timm
 import torch
 from torch import nn
 
@@ -67,3 +68,15 @@ def apply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
     """
     for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
+
+
+def build_ema(model: nn.Module, decay: float) -> timm.utils.ModelEmaV3:
+    """An exponential moving average of `model`'s parameters and buffers, updated with `ema.update(model, step)`.
+
+    Buffers too: a from-scratch preset trains its batch norms, and averaged weights evaluated with the running
+    statistics of the first step would be garbage. The decay warms up with the step, 1 - (1 + step)^-3/4 capped at
+    `decay` (0 at the first update, which copies the model): the random initial weights then leave the average
+    within tens of steps instead of weighing on the end of a short run. Its state is a copy of the model, so it
+    checkpoints and resumes exactly (the decay follows the step, which the trainer restores).
+    """
+    return timm.utils.ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
