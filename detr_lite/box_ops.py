@@ -106,6 +106,12 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _giou(*_areas(boxes1[..., :, None, :], boxes2[..., None, :, :]))
 
 
+def box_iou_paired(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of matched pairs, boxes1[i] with boxes2[i] only: (N, 4) xyxy twice -> (N,)."""
+    inter, union, _ = _areas(boxes1, boxes2)
+    return inter / union.clamp(min=_TINY)
+
+
 def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Generalized IoU of matched pairs, boxes1[i] with boxes2[i] only (no N x N matrix).
 

@@ -8,7 +8,7 @@ from transformers import PreTrainedConfig
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _QUERY_SOURCES = ("learned", "encoder")
 _BOOLEAN_FIELDS = ("use_pretrained_backbone", "freeze_batch_norm", "dilation", "pre_norm", "auxiliary_loss",
-                   "box_refinement", "box_query_position")
+                   "box_refinement", "box_query_position", "iou_aware_classification")
 
 
 class DeTRLiteConfig(PreTrainedConfig):
@@ -84,6 +84,9 @@ class DeTRLiteConfig(PreTrainedConfig):
     # no-object weight of an unmatched query whose box overlaps a target by IoU >= 0.5: a second box on an object,
     # the duplicate a user sees, weighed apart from the many empty queries; None = eos_coefficient
     overlap_eos_coefficient: float | None = None
+    # a matched query's class target is the IoU of its box with the target, the rest no-object (an IoU-aware
+    # score, as RT-DETR's varifocal loss, in softmax form): the score ranks boxes by fit; False = DETR's one-hot
+    iou_aware_classification: bool = False
     # Input
     image_size: int = 640  # the square canvas every image is letterboxed into
     is_encoder_decoder: bool = True  # transformers' flag: outputs carry encoder and decoder states

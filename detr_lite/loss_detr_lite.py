@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .box_ops import box_iou, center_to_corners, generalized_box_iou, paired_generalized_box_iou
+from .box_ops import box_iou, box_iou_paired, center_to_corners, generalized_box_iou, paired_generalized_box_iou
 
 
 class Matching(NamedTuple):
@@ -285,6 +285,7 @@ class DeTRLiteLoss(nn.Module):
         self.num_labels = config.num_labels
         self.eos_coefficient = config.eos_coefficient
         self.overlap_eos_coefficient = getattr(config, "overlap_eos_coefficient", None)  # not in DetrConfig
+        self.iou_aware_classification = getattr(config, "iou_aware_classification", False)  # not in DetrConfig
         self.auxiliary_loss = config.auxiliary_loss
         # transformers' DetrConfig has no such field: one-to-one matching everywhere, as in DETR.
         self.auxiliary_matching_copies = getattr(config, "auxiliary_matching_copies", 1)
@@ -416,14 +417,25 @@ class DeTRLiteLoss(nn.Module):
         target_classes[matches.image, matches.query] = targets.classes[matches.target]  # (B, Q)
         weight = torch.ones(self.num_labels + 1, device=logits.device)
         weight[-1] = self.eos_coefficient
-        if self.overlap_eos_coefficient is None:
+        if self.overlap_eos_coefficient is None and not self.iou_aware_classification:
             return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)}
-        # Per query: an unmatched query on an object gets its own no-object weight. The mean is weighted as
-        # cross_entropy's own (sum of weighted losses over the sum of weights), so it reduces to the line above.
+        # Per query: the mean is weighted as cross_entropy's own (sum of weighted losses over the sum of weights),
+        # so with neither option it reduces to the line above.
         query_weight = weight[target_classes]  # (B, Q)
-        duplicate = (target_classes == self.num_labels) & _overlaps_a_target(boxes, targets)
-        query_weight = query_weight.masked_fill(duplicate, self.overlap_eos_coefficient)
-        losses = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
+        if self.overlap_eos_coefficient is not None:  # an unmatched query on an object gets its own no-object weight
+            duplicate = (target_classes == self.num_labels) & _overlaps_a_target(boxes, targets)
+            query_weight = query_weight.masked_fill(duplicate, self.overlap_eos_coefficient)
+        if not self.iou_aware_classification:
+            losses = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
+            return {"loss_ce": (losses * query_weight).sum() / query_weight.sum()}
+        # A matched query's target is split between its class (the IoU of its box with the target) and no-object
+        # (the rest): its score then says how well its box fits, and the better of two boxes on an object ranks first.
+        target = F.one_hot(target_classes, self.num_labels + 1).to(logits.dtype)  # (B, Q, C + 1)
+        matched = boxes[matches.image, matches.query].detach()
+        iou = box_iou_paired(center_to_corners(matched), center_to_corners(targets.boxes[matches.target]))
+        target[matches.image, matches.query] *= iou[:, None]
+        target[matches.image, matches.query, -1] = 1 - iou
+        losses = -(target * logits.log_softmax(-1)).sum(-1)  # (B, Q)
         return {"loss_ce": (losses * query_weight).sum() / query_weight.sum()}
 
     def loss_boxes(self, logits: Tensor, boxes: Tensor, targets: _Targets, matches: _Matches,

@@ -167,11 +167,11 @@ def test_mismatched_auxiliary_outputs_raise():
         DeTRLiteLoss(make_config())(logits[-1], boxes[-1], labels, logits[:-1], boxes[:-1, :2])
 
 
-def _duplicate_scene(overlap_eos_coefficient, logits=None):
+def _duplicate_scene(overlap_eos_coefficient, logits=None, **options):
     """One target; query 0 on it, query 1 a second box on it (IoU 0.8), query 2 elsewhere; equal logits unless
     given. Returns the loss and the logits."""
     config = DeTRLiteConfig(num_labels=CLASSES, decoder_layers=1, eos_coefficient=0.2,
-                            overlap_eos_coefficient=overlap_eos_coefficient)
+                            overlap_eos_coefficient=overlap_eos_coefficient, **options)
     target = torch.tensor([[0.5, 0.5, 0.4, 0.4]])
     boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4 * 0.8], [0.1, 0.1, 0.1, 0.1]]])
     logits = torch.zeros(1, 3, CLASSES + 1) if logits is None else logits
@@ -200,3 +200,26 @@ def test_overlap_weight_equal_to_eos_reproduces_the_plain_loss_on_random_batches
                                       **OBJECTIVE), logits, boxes, labels)[1]
     for name in ("loss_ce", "loss_ce_0", "loss_ce_1"):
         torch.testing.assert_close(overlap[name], plain[name])
+
+
+def test_iou_aware_classification_targets_the_fit_of_the_matched_box():
+    """The matched query's target: its class with the IoU of its box (0.64 here), no-object with the rest."""
+    config = DeTRLiteConfig(num_labels=CLASSES, decoder_layers=1, eos_coefficient=0.2, iou_aware_classification=True,
+                            bbox_loss_coefficient=0, giou_loss_coefficient=0)
+    labels = [{"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    boxes = torch.tensor([[[0.5, 0.5, 0.32, 0.32], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]], requires_grad=True)
+    logits = torch.randn(1, 3, CLASSES + 1, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss, terms = DeTRLiteLoss(config)(logits, boxes, labels)
+    log_p = logits[0].detach().log_softmax(-1)
+    expected = (-(0.64 * log_p[0, 2] + 0.36 * log_p[0, -1]) - 0.2 * log_p[1, -1] - 0.2 * log_p[2, -1]) / 1.4
+    torch.testing.assert_close(terms["loss_ce"], expected)
+    # The IoU is a target, not a path for gradients: the boxes learn from the box losses only (weighted 0 here).
+    assert not torch.autograd.grad(loss, boxes)[0].any()
+
+
+@pytest.mark.parametrize("overlap_eos_coefficient", [None, 3.0])
+def test_iou_aware_classification_with_a_perfect_box_is_the_plain_loss(overlap_eos_coefficient):
+    logits = torch.randn(1, 3, CLASSES + 1, generator=torch.Generator().manual_seed(1))
+    plain, _ = _duplicate_scene(overlap_eos_coefficient, logits)
+    aware, _ = _duplicate_scene(overlap_eos_coefficient, logits, iou_aware_classification=True)
+    torch.testing.assert_close(aware, plain)  # query 0 sits exactly on the target: IoU 1, a one-hot target
